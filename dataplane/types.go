@@ -1,0 +1,153 @@
+package dataplane
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Protocol is the L4 protocol of a service.
+type Protocol string
+
+const (
+	TCP Protocol = "tcp"
+	UDP Protocol = "udp"
+)
+
+// NATMode says how packets to a backend are rewritten.
+type NATMode string
+
+const (
+	// NATDefault rewrites only the destination; the backend sees the client
+	// address and must route replies back through the load balancer.
+	NATDefault NATMode = "default"
+	// NATFullNAT also rewrites the source to the service's SNAT address.
+	NATFullNAT NATMode = "fullnat"
+	// NATOneArm also rewrites the source to the address of the interface
+	// that faces the backend.
+	NATOneArm NATMode = "onearm"
+)
+
+// Algorithm selects a backend for a new flow.
+type Algorithm string
+
+const (
+	AlgoRR      Algorithm = "rr"
+	AlgoRandom  Algorithm = "random"
+	AlgoMaglev  Algorithm = "maglev"
+	AlgoPersist Algorithm = "persist"
+	AlgoLC      Algorithm = "lc"
+)
+
+// BackendState is the selection state of one backend.
+type BackendState string
+
+const (
+	BackendActive   BackendState = "active"   // selectable for new flows
+	BackendDraining BackendState = "draining" // keeps established flows only
+	BackendDown     BackendState = "down"     // failed health checks: no new flows
+)
+
+// Service is one load-balanced (VIP, port, protocol) as the datapath sees it.
+// The REST layer expands a multi-VIP spec into one Service per VIP.
+type Service struct {
+	// Name identifies the service to the caller; it is unique in a desired set.
+	Name      string
+	VIP       netip.Addr
+	Port      uint16
+	Protocol  Protocol
+	NATMode   NATMode
+	Algorithm Algorithm
+	// SNATAddr is the source address for NATFullNAT (same family as VIP).
+	SNATAddr netip.Addr
+	// SNATPortMin/Max bound the source ports used by fullnat/onearm
+	// (0 means the default 32768–60999).
+	SNATPortMin, SNATPortMax uint16
+	// IdleTimeout is the conntrack idle lifetime (0 means the default: 240s
+	// for TCP, 60s for UDP).
+	IdleTimeout time.Duration
+	// AffinityTimeout is the client-affinity lifetime for AlgoPersist
+	// (0 means the default 10800s, as sessionAffinityConfig).
+	AffinityTimeout time.Duration
+	// SourceRanges is the allow-list of client prefixes; empty allows all.
+	SourceRanges []netip.Prefix
+	Backends     []Backend
+}
+
+// Backend is one destination of a service.
+type Backend struct {
+	Addr netip.Addr
+	Port uint16
+	// Weight is the relative share of new flows; 0 means draining.
+	Weight uint32
+	// State defaults to BackendActive when empty.
+	State BackendState
+}
+
+// Hook is where the datapath program is attached.
+type Hook string
+
+const (
+	HookTCX Hook = "tcx" // tcx ingress (default): keeps GSO/GRO, coexists via multi-attach
+	HookXDP Hook = "xdp" // XDP: fastest per packet; native unless XDPGeneric
+)
+
+// DropReason indexes ServiceStats.Drops.
+type DropReason int
+
+const (
+	DropNoBackend DropReason = iota
+	DropSrcDenied
+	DropSNATExhausted
+	DropFragment
+	DropMalformed
+	DropNoIfAddr
+)
+
+// Counters are summed over CPUs.
+type Counters struct {
+	Packets  uint64
+	Bytes    uint64
+	NewFlows uint64
+}
+
+// ServiceStats are the live counters of one service and its backends.
+type ServiceStats struct {
+	Name     string
+	Counters Counters
+	Drops    map[string]uint64 // by reason name: no_backend, src_denied, ...
+	Backends []BackendStats
+	// Flows is the number of live conntrack entries (forward direction).
+	Flows int
+}
+
+// BackendStats are the live counters of one backend.
+type BackendStats struct {
+	Addr     netip.Addr
+	Port     uint16
+	State    BackendState
+	Counters Counters
+	Active   int64 // active connections (lc bookkeeping)
+}
+
+// Flow is one tracked connection, as read from the conntrack map.
+type Flow struct {
+	Service  string
+	Protocol Protocol
+	Client   netip.AddrPort
+	VIP      netip.AddrPort
+	Backend  netip.AddrPort
+	SNAT     netip.AddrPort // zero when the mode does not rewrite the source
+	Age      time.Duration
+	Idle     time.Duration
+	Lifetime time.Duration
+	Closing  bool
+}
+
+// FlowFilter selects flows; zero fields match everything.
+type FlowFilter struct {
+	VIP    netip.Addr
+	Client netip.Addr
+	Limit  int
+	// After is an opaque paging cursor returned by a previous call.
+	After string
+}
