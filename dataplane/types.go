@@ -151,3 +151,65 @@ type FlowFilter struct {
 	// After is an opaque paging cursor returned by a previous call.
 	After string
 }
+
+// AttachState is the attach state of one interface (GET /v1/status).
+type AttachState struct {
+	Name     string
+	Attached bool
+	// Mode is "tcx", "xdp-native" or "xdp-generic".
+	Mode  string
+	Error string
+}
+
+// ApplyResult reports what an Apply changed.
+type ApplyResult struct {
+	Created, Updated, Deleted, Unchanged []string
+	// Writes counts element writes and deletes on BPF maps (an identical
+	// desired set performs zero).
+	Writes int
+}
+
+// GlobalStats are datapath-wide counters summed over CPUs.
+type GlobalStats struct {
+	RX, Passed, Malformed, Fragments uint64
+	ForwardNAT, ReplyNAT, ICMPNAT    uint64
+	ConntrackCreated                 uint64
+}
+
+// ConntrackUsage is the fill level of the conntrack map. Each flow uses two
+// entries (forward and reply).
+type ConntrackUsage struct {
+	Entries  int
+	Capacity int
+}
+
+// ReapResult reports one conntrack reaper pass.
+type ReapResult struct {
+	Scanned int
+	// Expired is the number of entries deleted (both directions count).
+	Expired int
+	// Stale is the number of entries deleted because their service or
+	// backend no longer exists (included in Expired).
+	Stale int
+	// ActiveRecomputed is true when backend_active was rewritten from the
+	// walk.
+	ActiveRecomputed bool
+}
+
+// MemoryCost is what the kernel charges for the datapath maps (the
+// "memlock" of /proc/self/fdinfo), and what that means per object.
+type MemoryCost struct {
+	// Maps is the charge per map name, in bytes.
+	Maps map[string]uint64
+	// Total is the sum over Maps (selection tables excluded; see
+	// PerMaglevService).
+	Total uint64
+	// PerConntrackFlow is the cost of one flow (two conntrack entries).
+	PerConntrackFlow uint64
+	// PerService is the cost of one service slot in the per-service maps.
+	PerService uint64
+	// PerBackend is the cost of one backend slot in the per-backend maps.
+	PerBackend uint64
+	// PerMaglevService is the cost of the smallest Maglev selection table.
+	PerMaglevService uint64
+}

@@ -1,0 +1,353 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// attachment is one interface this Dataplane attached (or adopted from a
+// pin).
+type attachment struct {
+	name    string
+	hook    Hook
+	mode    string // tcx | xdp-native | xdp-generic
+	ifindex int
+	link    link.Link
+	err     error
+}
+
+func (d *Dataplane) linkPinPath(ifname string, hook Hook) string {
+	return filepath.Join(d.cfg.PinPath, "links", ifname+"-"+string(hook))
+}
+
+func (d *Dataplane) program(hook Hook) *ebpf.Program {
+	if hook == HookXDP {
+		return d.objs.XlbXdp
+	}
+	return d.objs.XlbTc
+}
+
+// Attach attaches the datapath to ifname with the configured hook. It is
+// idempotent.
+//
+// tcx: ingress, at the head of the interface's tcx chain, so xlb sees
+// packets to VIPs before a CNI's programs could route or drop them
+// (traffic that is not for a VIP is handed on to the next program).
+// Other programs on the interface are never touched.
+// xdp: native mode unless Config.XDPGeneric; XDP takes the interface alone
+// (an interface that already has an XDP program makes Attach fail).
+func (d *Dataplane) Attach(ctx context.Context, ifname string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	hook := d.cfg.Hook
+	old := d.links[ifname]
+	if old != nil && old.link != nil && old.hook == hook {
+		return nil
+	}
+	a := &attachment{name: ifname, hook: hook}
+	err := d.attach(a)
+	if err != nil {
+		a.err = err
+		if old == nil || old.link == nil {
+			d.links[ifname] = a
+		}
+		return fmt.Errorf("attach %s to %s: %w", hook, ifname, err)
+	}
+	if old != nil && old.link != nil {
+		// Hook change: the new hook is live, now drop the old one.
+		if err := d.release(old); err != nil {
+			d.log.Warn("detach previous hook", "interface", ifname, "hook", old.hook, "err", err)
+		}
+	}
+	d.links[ifname] = a
+	if err := d.refreshIfAddrs(ctx); err != nil {
+		d.log.Warn("refresh interface addresses", "err", err)
+	}
+	return nil
+}
+
+func (d *Dataplane) attach(a *attachment) error {
+	nl, err := netlink.LinkByName(a.name)
+	if err != nil {
+		return fmt.Errorf("find interface: %w", err)
+	}
+	a.ifindex = nl.Attrs().Index
+	var l link.Link
+	switch a.hook {
+	case HookXDP:
+		flags, mode := link.XDPDriverMode, "xdp-native"
+		if d.cfg.XDPGeneric {
+			flags, mode = link.XDPGenericMode, "xdp-generic"
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: d.objs.XlbXdp, Interface: a.ifindex, Flags: flags})
+		a.mode = mode
+	default:
+		l, err = link.AttachTCX(link.TCXOptions{Program: d.objs.XlbTc, Interface: a.ifindex, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		a.mode = "tcx"
+	}
+	if err != nil {
+		return err
+	}
+	if d.cfg.PinPath != "" {
+		path := d.linkPinPath(a.name, a.hook)
+		// A pin left by an interface that was deleted and re-created is
+		// stale: replace it.
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.Close()
+			return fmt.Errorf("remove stale link pin: %w", err)
+		}
+		if err := l.Pin(path); err != nil {
+			l.Close()
+			return fmt.Errorf("pin link: %w", err)
+		}
+	}
+	a.link = l
+	return nil
+}
+
+// Detach removes the datapath from ifname (only xlb's own link; other
+// programs stay). Detaching an interface that is not attached is a no-op.
+func (d *Dataplane) Detach(ctx context.Context, ifname string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.links[ifname]
+	if a == nil {
+		return nil
+	}
+	delete(d.links, ifname)
+	return d.release(a)
+}
+
+func (d *Dataplane) release(a *attachment) error {
+	if a.link == nil {
+		return nil
+	}
+	var errs []error
+	if err := a.link.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.ENOLINK) {
+		errs = append(errs, fmt.Errorf("detach %s from %s: %w", a.hook, a.name, err))
+	}
+	if d.cfg.PinPath != "" {
+		if err := a.link.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin link of %s: %w", a.name, err))
+		}
+	}
+	errs = append(errs, a.link.Close())
+	a.link = nil
+	return errors.Join(errs...)
+}
+
+// Interfaces reports the attach state of every interface Attach was asked
+// for (or that was adopted from a pin), sorted by name.
+func (d *Dataplane) Interfaces() []AttachState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]AttachState, 0, len(d.links))
+	for _, a := range d.links {
+		s := AttachState{Name: a.name, Attached: a.link != nil, Mode: a.mode}
+		if a.err != nil {
+			s.Error = a.err.Error()
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b AttachState) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// adoptLinks re-opens links pinned by a previous process and swaps the new
+// program into them (link.Update), so traffic never stops across a restart.
+// Pins whose interface vanished or changed index are removed.
+func (d *Dataplane) adoptLinks(ctx context.Context) error {
+	if d.cfg.PinPath == "" {
+		return nil
+	}
+	dir := filepath.Join(d.cfg.PinPath, "links")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read link pins: %w", err)
+	}
+	for _, e := range entries {
+		i := strings.LastIndexByte(e.Name(), '-')
+		if i <= 0 {
+			continue
+		}
+		ifname, hook := e.Name()[:i], Hook(e.Name()[i+1:])
+		if hook != HookTCX && hook != HookXDP {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			d.log.Warn("dropping unreadable link pin", "path", path, "err", err)
+			os.Remove(path)
+			continue
+		}
+		a := &attachment{name: ifname, hook: hook, link: l, mode: "tcx"}
+		if err := d.checkAdopted(a); err != nil {
+			d.log.Warn("dropping stale link pin", "path", path, "err", err)
+			l.Unpin()
+			l.Close()
+			continue
+		}
+		if err := l.Update(d.program(hook)); err != nil {
+			d.log.Warn("cannot update pinned link; re-attaching", "path", path, "err", err)
+			l.Unpin()
+			l.Close()
+			continue
+		}
+		if prev := d.links[ifname]; prev != nil {
+			// Two hooks pinned on one interface (an interrupted hook
+			// switch): keep the configured one.
+			if prev.hook == d.cfg.Hook {
+				d.release(a)
+				continue
+			}
+			d.release(prev)
+		}
+		d.links[ifname] = a
+		d.log.Info("adopted pinned link", "interface", ifname, "hook", hook)
+	}
+	return d.refreshIfAddrs(ctx)
+}
+
+func (d *Dataplane) checkAdopted(a *attachment) error {
+	info, err := a.link.Info()
+	if err != nil {
+		return err
+	}
+	var idx uint32
+	switch a.hook {
+	case HookXDP:
+		x := info.XDP()
+		if x == nil {
+			return errors.New("pinned link is not an XDP link")
+		}
+		idx = x.Ifindex
+	default:
+		x := info.TCX()
+		if x == nil {
+			return errors.New("pinned link is not a tcx link")
+		}
+		idx = x.Ifindex
+	}
+	nl, err := netlink.LinkByName(a.name)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", a.name, err)
+	}
+	if int(idx) != nl.Attrs().Index {
+		return fmt.Errorf("link is on ifindex %d, %s is now %d", idx, a.name, nl.Attrs().Index)
+	}
+	a.ifindex = int(idx)
+	if a.hook == HookXDP {
+		a.mode = "xdp-native"
+		if x := nl.Attrs().Xdp; x != nil && x.AttachMode == 2 { // XDP_ATTACHED_SKB
+			a.mode = "xdp-generic"
+		}
+	}
+	return nil
+}
+
+func (d *Dataplane) detachUnlisted(ctx context.Context) {
+	d.mu.Lock()
+	var stale []string
+	for name := range d.links {
+		if !slices.Contains(d.cfg.Interfaces, name) {
+			stale = append(stale, name)
+		}
+	}
+	d.mu.Unlock()
+	for _, name := range stale {
+		d.log.Info("detaching interface no longer configured", "interface", name)
+		if err := d.Detach(ctx, name); err != nil {
+			d.log.Warn("detach", "interface", name, "err", err)
+		}
+	}
+}
+
+// RefreshInterfaceAddrs rewrites if_addrs (ifindex → IPv4/IPv6 source
+// address for onearm SNAT) from the interfaces' current addresses. Every
+// interface is covered, not only attached ones, because onearm uses the
+// address of the interface facing the backend. It writes only changes.
+// RunReaper calls it on every pass.
+func (d *Dataplane) RefreshInterfaceAddrs(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.refreshIfAddrs(ctx)
+}
+
+func (d *Dataplane) refreshIfAddrs(ctx context.Context) error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list interfaces: %w", err)
+	}
+	vips := map[netip.Addr]bool{}
+	for k := range d.vipCount {
+		vips[beToAddr(k.Addr, k.Family)] = true
+	}
+	want := map[uint32]xlbIfAddr{}
+	limit := d.objs.IfAddrs.MaxEntries()
+	for _, l := range links {
+		idx := uint32(l.Attrs().Index)
+		if idx == 0 || idx >= limit {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		}
+		var v xlbIfAddr
+		var have4, have6 bool
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			// VIPs may sit on the same interface: never SNAT to one.
+			if vips[ip] || ip.IsLinkLocalUnicast() || ip.IsLoopback() {
+				continue
+			}
+			if a.Flags&(unix.IFA_F_SECONDARY|unix.IFA_F_TENTATIVE|unix.IFA_F_DEPRECATED|unix.IFA_F_DADFAILED) != 0 {
+				continue
+			}
+			if ip.Is4() && !have4 {
+				v.V4 = addrToBE(ip)[0]
+				have4 = true
+			} else if ip.Is6() && !have6 {
+				v.V6 = addrToBE(ip)
+				have6 = true
+			}
+		}
+		if have4 || have6 {
+			want[idx] = v
+		}
+	}
+	for idx, v := range want {
+		if cur, ok := d.ifAddrs[idx]; ok && cur == v {
+			continue
+		}
+		if err := d.objs.IfAddrs.Update(idx, v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write if_addrs[%d]: %w", idx, err)
+		}
+		d.ifAddrs[idx] = v
+	}
+	for idx := range d.ifAddrs {
+		if _, ok := want[idx]; !ok {
+			if err := d.objs.IfAddrs.Update(idx, xlbIfAddr{}, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("clear if_addrs[%d]: %w", idx, err)
+			}
+			delete(d.ifAddrs, idx)
+		}
+	}
+	return ctx.Err()
+}
