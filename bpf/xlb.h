@@ -182,8 +182,12 @@ struct global_counters {
 struct xlb_cfg {
 	__u32 maglev_seed;
 	__u32 tcp_closing_timeout_s; /* lifetime after FIN/RST (default 10) */
-	__u32 flags;                 /* reserved */
+	__u32 flags;                 /* XLB_CFG_F_* */
 	__u32 pad;
 };
+
+/* xlb_cfg.flags (added by the datapath engineer) */
+#define XLB_CFG_F_NO_FIB (1u << 0) /* after a rewrite return PASS and let the kernel
+				    * route, instead of bpf_fib_lookup + redirect */
 
 #endif /* XLB_H */

@@ -164,6 +164,8 @@ const (
 	xlbMapSvcStats      = "svc_stats"
 	xlbMapVips          = "vips"
 	xlbMapXlbConfig     = "xlb_config"
+	xlbMapXlbScratch    = "xlb_scratch"
+	xlbProgXlbFloor     = "xlb_floor"
 	xlbProgXlbTc        = "xlb_tc"
 	xlbProgXlbXdp       = "xlb_xdp"
 )
@@ -210,8 +212,9 @@ type xlbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xlbProgramSpecs struct {
-	XlbTc  *ebpf.ProgramSpec `ebpf:"xlb_tc"`
-	XlbXdp *ebpf.ProgramSpec `ebpf:"xlb_xdp"`
+	XlbFloor *ebpf.ProgramSpec `ebpf:"xlb_floor"`
+	XlbTc    *ebpf.ProgramSpec `ebpf:"xlb_tc"`
+	XlbXdp   *ebpf.ProgramSpec `ebpf:"xlb_xdp"`
 }
 
 // xlbMapSpecs contains maps before they are loaded into the kernel.
@@ -232,6 +235,7 @@ type xlbMapSpecs struct {
 	SvcStats      *ebpf.MapSpec `ebpf:"svc_stats"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 	XlbConfig     *ebpf.MapSpec `ebpf:"xlb_config"`
+	XlbScratch    *ebpf.MapSpec `ebpf:"xlb_scratch"`
 }
 
 // xlbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -274,6 +278,7 @@ type xlbMaps struct {
 	SvcStats      *ebpf.Map `ebpf:"svc_stats"`
 	Vips          *ebpf.Map `ebpf:"vips"`
 	XlbConfig     *ebpf.Map `ebpf:"xlb_config"`
+	XlbScratch    *ebpf.Map `ebpf:"xlb_scratch"`
 }
 
 func (m *xlbMaps) Close() error {
@@ -292,6 +297,7 @@ func (m *xlbMaps) Close() error {
 		m.SvcStats,
 		m.Vips,
 		m.XlbConfig,
+		m.XlbScratch,
 	)
 }
 
@@ -305,12 +311,14 @@ type xlbVariables struct {
 //
 // It can be passed to loadXlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xlbPrograms struct {
-	XlbTc  *ebpf.Program `ebpf:"xlb_tc"`
-	XlbXdp *ebpf.Program `ebpf:"xlb_xdp"`
+	XlbFloor *ebpf.Program `ebpf:"xlb_floor"`
+	XlbTc    *ebpf.Program `ebpf:"xlb_tc"`
+	XlbXdp   *ebpf.Program `ebpf:"xlb_xdp"`
 }
 
 func (p *xlbPrograms) Close() error {
 	return _XlbClose(
+		p.XlbFloor,
 		p.XlbTc,
 		p.XlbXdp,
 	)
