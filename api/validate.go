@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Limits enforced by ValidateService (documented in docs/api.md).
@@ -33,10 +35,10 @@ const (
 	DefaultIdleTCP               = 240
 	DefaultIdleUDP               = 60
 	DefaultAffinity              = 10800
-	DefaultProbeIntervalMs       = 2000 // ms
-	DefaultProbeTimeoutMs        = 1000 // ms
-	DefaultProbeFailureThreshold = 2
-	DefaultProbeSuccessThreshold = 1
+	DefaultProbeIntervalMs       = 500 // ms (docs/health.md)
+	DefaultProbeTimeoutMs        = 400 // ms, with the default interval
+	DefaultProbeFailureThreshold = 3
+	DefaultProbeSuccessThreshold = 2
 )
 
 // Allowed values, as printed in Error.Allowed.
@@ -283,6 +285,9 @@ func ValidateService(s *Service, opt ValidateOptions) error {
 		if b.Weight != nil && *b.Weight > MaxWeight {
 			return invalid(bf+"weight", strconv.FormatUint(uint64(*b.Weight), 10), "weight too large", fmt.Sprintf("0 (drain) to %d; omitted = 1", MaxWeight))
 		}
+		if !utf8.ValidString(b.Name) || strings.IndexFunc(b.Name, unicode.IsControl) >= 0 {
+			return invalid(bf+"name", strings.ToValidUTF8(b.Name, "\uFFFD"), "invalid backend name", "printable UTF-8 text, at most 253 bytes")
+		}
 		if len(b.Name) > 253 {
 			return invalid(bf+"name", b.Name[:32]+"...", "backend name too long", "at most 253 characters")
 		}
@@ -331,13 +336,19 @@ func validateProbe(pf string, pr *Probe) error {
 			return invalid(pf+"response", pr.Response, "response applies only to udp probes", "empty for type "+pr.Type)
 		}
 	}
-	if pr.Path != "" && (!strings.HasPrefix(pr.Path, "/") || len(pr.Path) > MaxProbeTextLength || strings.ContainsAny(pr.Path, " \t\r\n")) {
+	for _, f := range []struct{ name, v string }{{"path", pr.Path}, {"host", pr.Host}, {"expectBody", pr.ExpectBody}, {"request", pr.Request}, {"response", pr.Response}} {
+		// JSON cannot carry invalid UTF-8: it would not survive persistence.
+		if !utf8.ValidString(f.v) {
+			return invalid(pf+f.name, strings.ToValidUTF8(f.v, "\uFFFD"), "not valid UTF-8", "UTF-8 text")
+		}
+	}
+	if pr.Path != "" && (!strings.HasPrefix(pr.Path, "/") || len(pr.Path) > MaxProbeTextLength || strings.IndexFunc(pr.Path, unicode.IsControl) >= 0 || strings.ContainsAny(pr.Path, " ")) {
 		return invalid(pf+"path", pr.Path, "invalid probe path", "an absolute URL path starting with '/', no spaces, at most 1024 characters")
 	}
 	if pr.Method != "" && (!slices.Contains(ProbeMethods, pr.Method) || !httpMethodRE.MatchString(pr.Method)) {
 		return invalid(pf+"method", pr.Method, "invalid probe method", strings.Join(ProbeMethods, ", ")+" (empty = GET)")
 	}
-	if pr.Host != "" && (len(pr.Host) > 253 || strings.ContainsAny(pr.Host, " \t\r\n/")) {
+	if pr.Host != "" && (len(pr.Host) > 253 || strings.ContainsAny(pr.Host, " /") || strings.IndexFunc(pr.Host, unicode.IsControl) >= 0) {
 		return invalid(pf+"host", pr.Host, "invalid probe host", "a host name, at most 253 characters")
 	}
 	if len(pr.ExpectStatus) > MaxExpectStatus {
@@ -361,7 +372,7 @@ func validateProbe(pf string, pr *Probe) error {
 		interval = DefaultProbeIntervalMs
 	}
 	if pr.TimeoutMillis != 0 && (pr.TimeoutMillis < MinProbeTimeoutMs || pr.TimeoutMillis > interval) {
-		return invalid(pf+"timeoutMillis", strconv.FormatUint(uint64(pr.TimeoutMillis), 10), "probe timeout out of range", fmt.Sprintf("0 (default %d, capped at the interval) or %d up to intervalMillis (%d)", DefaultProbeTimeoutMs, MinProbeTimeoutMs, interval))
+		return invalid(pf+"timeoutMillis", strconv.FormatUint(uint64(pr.TimeoutMillis), 10), "probe timeout out of range", fmt.Sprintf("0 (default %d; 80%% of a custom interval, at most 1000) or %d up to intervalMillis (%d)", DefaultProbeTimeoutMs, MinProbeTimeoutMs, interval))
 	}
 	if pr.FailureThreshold > MaxProbeThreshold {
 		return invalid(pf+"failureThreshold", strconv.FormatUint(uint64(pr.FailureThreshold), 10), "threshold too large", fmt.Sprintf("0 (default %d) or 1-%d", DefaultProbeFailureThreshold, MaxProbeThreshold))
@@ -493,11 +504,17 @@ func DefaultService(s Service) Service {
 	if in.Probe != nil {
 		pr := *in.Probe
 		pr.ExpectStatus = slices.Clone(in.Probe.ExpectStatus)
+		// Same defaults as internal/health (docs/health.md): a custom
+		// interval gets 80 % of it as timeout, at most one second.
+		if pr.TimeoutMillis == 0 {
+			if pr.IntervalMillis == 0 {
+				pr.TimeoutMillis = DefaultProbeTimeoutMs
+			} else {
+				pr.TimeoutMillis = min(pr.IntervalMillis*4/5, 1000)
+			}
+		}
 		if pr.IntervalMillis == 0 {
 			pr.IntervalMillis = DefaultProbeIntervalMs
-		}
-		if pr.TimeoutMillis == 0 {
-			pr.TimeoutMillis = min(DefaultProbeTimeoutMs, pr.IntervalMillis)
 		}
 		if pr.FailureThreshold == 0 {
 			pr.FailureThreshold = DefaultProbeFailureThreshold

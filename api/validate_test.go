@@ -159,7 +159,7 @@ func TestDefaultService(t *testing.T) {
 			{Address: "10.0.0.1", Port: 54, Weight: &one},
 			{Address: "10.0.0.2", Port: 53, Weight: &one},
 		},
-		Probe: &Probe{Type: "https", Path: "/", Method: "GET", IntervalMillis: 2000, TimeoutMillis: 1000, FailureThreshold: 2, SuccessThreshold: 1},
+		Probe: &Probe{Type: "https", Path: "/", Method: "GET", IntervalMillis: 500, TimeoutMillis: 400, FailureThreshold: 3, SuccessThreshold: 2},
 	}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)

@@ -1,0 +1,130 @@
+package apiserver
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+type apiMetrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// newRegistry builds the per-server registry: API request metrics, the
+// datapath collector (read on every scrape) and the Go/process collectors.
+func newRegistry(core Core) (*prometheus.Registry, *apiMetrics) {
+	reg := prometheus.NewRegistry()
+	m := &apiMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "xlb_api_requests_total",
+			Help: "API requests by method, route and HTTP status code.",
+		}, []string{"method", "route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "xlb_api_request_duration_seconds",
+			Help:    "API request latency by method, route and HTTP status code.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"method", "route", "code"}),
+	}
+	reg.MustRegister(m.requests, m.latency, &datapathCollector{core: core},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg, m
+}
+
+func (s *Server) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{ErrorLog: nil, ErrorHandling: promhttp.ContinueOnError})
+}
+
+var (
+	descSvcPackets  = prometheus.NewDesc("xlb_service_packets_total", "Packets forwarded to the service's backends (all VIPs).", []string{"service"}, nil)
+	descSvcBytes    = prometheus.NewDesc("xlb_service_bytes_total", "Bytes forwarded to the service's backends.", []string{"service"}, nil)
+	descSvcNewFlows = prometheus.NewDesc("xlb_service_new_flows_total", "New flows (conntrack entries created) of the service.", []string{"service"}, nil)
+	descSvcDrops    = prometheus.NewDesc("xlb_service_drops_total", "Packets to the service dropped, by reason.", []string{"service", "reason"}, nil)
+	descSvcFlows    = prometheus.NewDesc("xlb_service_flows", "Live conntrack flows of the service.", []string{"service"}, nil)
+	descSvcBackends = prometheus.NewDesc("xlb_service_backends", "Backends of the service by state (active, draining, down).", []string{"service", "state"}, nil)
+	descBePackets   = prometheus.NewDesc("xlb_backend_packets_total", "Packets forwarded to the backend.", []string{"service", "backend"}, nil)
+	descBeBytes     = prometheus.NewDesc("xlb_backend_bytes_total", "Bytes forwarded to the backend.", []string{"service", "backend"}, nil)
+	descBeNewFlows  = prometheus.NewDesc("xlb_backend_new_flows_total", "New flows assigned to the backend.", []string{"service", "backend"}, nil)
+	descBeActive    = prometheus.NewDesc("xlb_backend_active_connections", "Active connections of the backend.", []string{"service", "backend"}, nil)
+	descBeState     = prometheus.NewDesc("xlb_backend_state", "1 for the backend's current state.", []string{"service", "backend", "state"}, nil)
+	descCTEntries   = prometheus.NewDesc("xlb_conntrack_entries", "Entries in the conntrack map (two per flow).", nil, nil)
+	descCTCapacity  = prometheus.NewDesc("xlb_conntrack_capacity", "Capacity of the conntrack map in entries.", nil, nil)
+	descServices    = prometheus.NewDesc("xlb_services", "Services in the desired state.", nil, nil)
+	descGeneration  = prometheus.NewDesc("xlb_desired_generation", "Generation of the desired state.", nil, nil)
+	descReady       = prometheus.NewDesc("xlb_ready", "1 when the daemon is ready (state restored, datapath programmed, interfaces attached).", nil, nil)
+	descAttached    = prometheus.NewDesc("xlb_interface_attached", "1 when the datapath is attached to the interface.", []string{"interface", "mode"}, nil)
+)
+
+// datapathCollector reads live counters from the Core on every scrape, so
+// that the numbers are never older than the scrape.
+type datapathCollector struct{ core Core }
+
+func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSvcPackets, descSvcBytes, descSvcNewFlows, descSvcDrops, descSvcFlows, descSvcBackends,
+		descBePackets, descBeBytes, descBeNewFlows, descBeActive, descBeState, descCTEntries, descCTCapacity, descServices,
+		descGeneration, descReady, descAttached} {
+		ch <- d
+	}
+}
+
+func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st := c.core.Status(ctx)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(descCTEntries, float64(st.ConntrackEntries))
+	gauge(descCTCapacity, float64(st.ConntrackCapacity))
+	gauge(descServices, float64(st.Services))
+	gauge(descGeneration, float64(st.Generation))
+	gauge(descReady, boolFloat(st.Ready))
+	for _, i := range st.Interfaces {
+		gauge(descAttached, boolFloat(i.Attached), i.Name, i.Mode)
+	}
+	svcs, err := c.core.ListServices(ctx, nil)
+	if err != nil {
+		return
+	}
+	for _, s := range svcs {
+		if s.Status == nil {
+			continue
+		}
+		counter(descSvcPackets, s.Status.Packets, s.Name)
+		counter(descSvcBytes, s.Status.Bytes, s.Name)
+		counter(descSvcNewFlows, s.Status.NewFlows, s.Name)
+		gauge(descSvcFlows, float64(s.Status.Flows), s.Name)
+		for reason, n := range s.Status.Drops {
+			counter(descSvcDrops, n, s.Name, reason)
+		}
+		byState := map[string]int{"active": 0, "draining": 0, "down": 0}
+		for _, b := range s.Status.Backends {
+			be := net.JoinHostPort(b.Address, strconv.Itoa(int(b.Port)))
+			counter(descBePackets, b.Packets, s.Name, be)
+			counter(descBeBytes, b.Bytes, s.Name, be)
+			counter(descBeNewFlows, b.NewFlows, s.Name, be)
+			gauge(descBeActive, float64(b.Active), s.Name, be)
+			gauge(descBeState, 1, s.Name, be, b.State)
+			byState[b.State]++
+		}
+		for state, n := range byState {
+			gauge(descSvcBackends, float64(n), s.Name, state)
+		}
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,250 @@
+// Package config reads xlbd's configuration from command-line flags and an
+// optional YAML file (--config). The file uses the flag names in camelCase;
+// flags given on the command line override the file; unknown keys in the
+// file are rejected by name.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the complete xlbd configuration. The json tags are the YAML keys.
+type Config struct {
+	APIListen      string   `json:"apiListen"`
+	APITokenFile   string   `json:"apiTokenFile"`
+	TLSCertFile    string   `json:"tlsCertFile"`
+	TLSKeyFile     string   `json:"tlsKeyFile"`
+	ClientCAFile   string   `json:"clientCAFile"`
+	Insecure       bool     `json:"insecure"`
+	StateDir       string   `json:"stateDir"`
+	Interfaces     []string `json:"interfaces"`
+	Hook           string   `json:"hook"`
+	XDPGeneric     bool     `json:"xdpGeneric"`
+	BPFFSPath      string   `json:"bpffsPath"`
+	ConntrackFlows int      `json:"conntrackFlows"`
+	SNATAddresses  []string `json:"snatAddresses"`
+	LogLevel       string   `json:"logLevel"`
+	LogFormat      string   `json:"logFormat"`
+	DetachOnExit   bool     `json:"detachOnExit"`
+}
+
+// Defaults returns the configuration used when nothing is given.
+func Defaults() Config {
+	return Config{
+		APIListen:      "127.0.0.1:7470",
+		StateDir:       "/var/lib/xlbd",
+		Hook:           "tcx",
+		BPFFSPath:      "/sys/fs/bpf/xlb",
+		ConntrackFlows: 1_000_000,
+		LogLevel:       "info",
+		LogFormat:      "text",
+	}
+}
+
+// listFlag is a comma-separated list flag; each use replaces the value.
+type listFlag struct{ p *[]string }
+
+func (l listFlag) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+func (l listFlag) Set(s string) error {
+	*l.p = nil
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l.p = append(*l.p, part)
+		}
+	}
+	return nil
+}
+
+// bind registers every flag on fs, writing into c, with c's current values
+// as defaults (so that a second parse over file values only overrides what
+// the command line names).
+func bind(fs *flag.FlagSet, c *Config, configFile *string) {
+	fs.StringVar(configFile, "config", *configFile, "YAML configuration file (keys are the flag names in camelCase; flags override it)")
+	fs.StringVar(&c.APIListen, "api-listen", c.APIListen, "address:port of the REST API")
+	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file holding the bearer token required on every API request except /healthz and /readyz")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", c.TLSCertFile, "serve the API over TLS with this certificate (PEM)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", c.TLSKeyFile, "private key of --tls-cert-file (PEM)")
+	fs.StringVar(&c.ClientCAFile, "client-ca-file", c.ClientCAFile, "require API clients to present a certificate signed by this CA (PEM); needs --tls-cert-file")
+	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "allow listening on a non-loopback address without --api-token-file or --client-ca-file")
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory of the persisted desired state (services.json)")
+	fs.Var(listFlag{&c.Interfaces}, "interfaces", "comma-separated interfaces to attach the datapath to")
+	fs.StringVar(&c.Hook, "hook", c.Hook, "where the datapath is attached: tcx or xdp")
+	fs.BoolVar(&c.XDPGeneric, "xdp-generic", c.XDPGeneric, "with --hook xdp, attach in generic (skb) mode")
+	fs.StringVar(&c.BPFFSPath, "bpffs-path", c.BPFFSPath, "bpffs directory where maps and links are pinned")
+	fs.IntVar(&c.ConntrackFlows, "conntrack-flows", c.ConntrackFlows, "number of tracked flows (two conntrack entries each)")
+	fs.Var(listFlag{&c.SNATAddresses}, "snat-addresses", "comma-separated default SNAT addresses for fullnat services (at most one per family)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	fs.BoolVar(&c.DetachOnExit, "detach-on-exit", c.DetachOnExit, "detach the datapath and remove its pins on exit (default: keep forwarding)")
+}
+
+// Parse builds the configuration from args (without the program name).
+// Output for -h and flag errors goes to out. flag.ErrHelp is returned for -h.
+func Parse(args []string, out io.Writer) (Config, error) {
+	// First pass: only to learn --config.
+	var probe Config
+	var file string
+	fs := flag.NewFlagSet("xlbd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	bind(fs, &probe, &file)
+	if err := fs.Parse(args); err != nil {
+		// Report it with the real flag set below (with usage output).
+		file = ""
+	}
+
+	c := Defaults()
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return Config{}, fmt.Errorf("config file: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(data, &c); err != nil {
+			return Config{}, fmt.Errorf("config file %s: %s", file, cleanYAMLError(err))
+		}
+	}
+	fs = flag.NewFlagSet("xlbd", flag.ContinueOnError)
+	fs.SetOutput(out)
+	bind(fs, &c, &file)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// cleanYAMLError turns `error unmarshaling JSON: while decoding JSON: json:
+// unknown field "x"` into `unknown key "x"`.
+func cleanYAMLError(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, "json: unknown field "); i >= 0 {
+		return "unknown key " + strings.TrimPrefix(msg[i:], "json: unknown field ") +
+			" (allowed: the flag names in camelCase, e.g. apiListen, stateDir, interfaces)"
+	}
+	msg = strings.TrimPrefix(msg, "error unmarshaling JSON: while decoding JSON: ")
+	return strings.TrimPrefix(msg, "json: ")
+}
+
+// Validate checks values and combinations, naming the flag at fault.
+func (c *Config) Validate() error {
+	host, port, err := net.SplitHostPort(c.APIListen)
+	if err != nil || port == "" {
+		return fmt.Errorf("--api-listen %q: want ADDR:PORT, e.g. 127.0.0.1:7470", c.APIListen)
+	}
+	if !slices.Contains([]string{"tcx", "xdp"}, c.Hook) {
+		return fmt.Errorf("--hook %q: allowed tcx, xdp", c.Hook)
+	}
+	if c.XDPGeneric && c.Hook != "xdp" {
+		return errors.New("--xdp-generic needs --hook xdp")
+	}
+	if len(c.Interfaces) == 0 {
+		return errors.New("--interfaces: at least one interface is required (comma-separated names)")
+	}
+	for _, n := range c.Interfaces {
+		if len(n) > 15 || strings.ContainsAny(n, "/ ") {
+			return fmt.Errorf("--interfaces: %q is not an interface name", n)
+		}
+	}
+	if c.ConntrackFlows < 1024 || c.ConntrackFlows > 1<<27 {
+		return fmt.Errorf("--conntrack-flows %d: allowed 1024-%d", c.ConntrackFlows, 1<<27)
+	}
+	if _, err := c.DefaultSNAT(); err != nil {
+		return err
+	}
+	if _, err := ParseLogLevel(c.LogLevel); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("--log-format %q: allowed text, json", c.LogFormat)
+	}
+	if c.StateDir == "" {
+		return errors.New("--state-dir must not be empty")
+	}
+	if c.BPFFSPath == "" {
+		return errors.New("--bpffs-path must not be empty")
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return errors.New("--tls-cert-file and --tls-key-file go together")
+	}
+	if c.ClientCAFile != "" && c.TLSCertFile == "" {
+		return errors.New("--client-ca-file needs --tls-cert-file and --tls-key-file (client certificates need TLS)")
+	}
+	if !c.Insecure && c.APITokenFile == "" && c.ClientCAFile == "" && !isLoopback(host) {
+		return fmt.Errorf("--api-listen %s is not a loopback address: refusing to serve the API without authentication; give --api-token-file or --client-ca-file, or --insecure", c.APIListen)
+	}
+	return nil
+}
+
+// isLoopback reports whether host binds only loopback addresses. An empty
+// host (":7470") binds every address and is not loopback.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// DefaultSNAT parses --snat-addresses.
+func (c *Config) DefaultSNAT() ([]netip.Addr, error) {
+	var out []netip.Addr
+	seen := map[bool]bool{}
+	for _, s := range c.SNATAddresses {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || a.IsMulticast() {
+			return nil, fmt.Errorf("--snat-addresses: %q is not a unicast IP address", s)
+		}
+		if seen[a.Is4()] {
+			return nil, fmt.Errorf("--snat-addresses: %q: at most one IPv4 and one IPv6 address", s)
+		}
+		seen[a.Is4()] = true
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// ParseLogLevel maps --log-level to a slog level.
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch s {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("--log-level %q: allowed debug, info, warn, error", s)
+}
+
+// NewLogger builds the structured logger the configuration asks for.
+func (c *Config) NewLogger(w io.Writer) *slog.Logger {
+	level, _ := ParseLogLevel(c.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,119 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestDefaults(t *testing.T) {
+	c, err := Parse([]string{"--interfaces", "eth0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Defaults()
+	want.Interfaces = []string{"eth0"}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("got %+v\nwant %+v", c, want)
+	}
+	if want.APIListen != "127.0.0.1:7470" || want.StateDir != "/var/lib/xlbd" || want.BPFFSPath != "/sys/fs/bpf/xlb" || want.ConntrackFlows != 1000000 || want.Hook != "tcx" {
+		t.Fatalf("documented defaults changed: %+v", want)
+	}
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "xlbd.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFileAndFlagOverride(t *testing.T) {
+	p := writeFile(t, `
+apiListen: 127.0.0.1:9000
+interfaces: [eth0, eth1]
+hook: xdp
+xdpGeneric: true
+conntrackFlows: 2048
+snatAddresses: ["192.0.2.1", "2001:db8::1"]
+logLevel: debug
+logFormat: json
+stateDir: /tmp/x
+`)
+	c, err := Parse([]string{"--config", p, "--log-level", "warn", "--interfaces=veth9"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.APIListen != "127.0.0.1:9000" || c.Hook != "xdp" || !c.XDPGeneric || c.ConntrackFlows != 2048 || c.LogFormat != "json" || c.StateDir != "/tmp/x" {
+		t.Fatalf("file values lost: %+v", c)
+	}
+	if c.LogLevel != "warn" || !reflect.DeepEqual(c.Interfaces, []string{"veth9"}) {
+		t.Fatalf("flags did not override the file: %+v", c)
+	}
+	if !reflect.DeepEqual(c.SNATAddresses, []string{"192.0.2.1", "2001:db8::1"}) {
+		t.Fatalf("snat: %v", c.SNATAddresses)
+	}
+	// Flag order does not matter: --config after other flags.
+	c2, err := Parse([]string{"--log-level", "warn", "--interfaces=veth9", "--config", p}, io.Discard)
+	if err != nil || !reflect.DeepEqual(c, c2) {
+		t.Fatalf("order dependent: %+v %v", c2, err)
+	}
+}
+
+func TestFileUnknownKey(t *testing.T) {
+	p := writeFile(t, "interfaces: [eth0]\napiListn: 127.0.0.1:1\n")
+	_, err := Parse([]string{"--config", p}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `unknown key "apiListn"`) {
+		t.Fatalf("want unknown key error naming apiListn, got %v", err)
+	}
+	p = writeFile(t, "interfaces: eth0\n")
+	if _, err := Parse([]string{"--config", p}, io.Discard); err == nil || !strings.Contains(err.Error(), "interfaces") {
+		t.Fatalf("want type error naming interfaces, got %v", err)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "--interfaces"},
+		{[]string{"--interfaces=e", "--hook=tc"}, "--hook"},
+		{[]string{"--interfaces=e", "--xdp-generic"}, "--xdp-generic"},
+		{[]string{"--interfaces=e", "--api-listen=7470"}, "--api-listen"},
+		{[]string{"--interfaces=e", "--api-listen=0.0.0.0:7470"}, "refusing"},
+		{[]string{"--interfaces=e", "--api-listen=:7470"}, "refusing"},
+		{[]string{"--interfaces=e", "--conntrack-flows=0"}, "--conntrack-flows"},
+		{[]string{"--interfaces=e", "--snat-addresses=1.2.3.4,5.6.7.8"}, "--snat-addresses"},
+		{[]string{"--interfaces=e", "--snat-addresses=nope"}, "--snat-addresses"},
+		{[]string{"--interfaces=e", "--log-level=trace"}, "--log-level"},
+		{[]string{"--interfaces=e", "--log-format=xml"}, "--log-format"},
+		{[]string{"--interfaces=e", "--tls-cert-file=c"}, "--tls-key-file"},
+		{[]string{"--interfaces=e", "--client-ca-file=ca"}, "--client-ca-file"},
+		{[]string{"--interfaces=e", "--no-such-flag"}, "no-such-flag"},
+		{[]string{"--interfaces=e", "extra"}, "unexpected"},
+	}
+	for _, tc := range cases {
+		_, err := Parse(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want error containing %q", tc.args, err, tc.want)
+		}
+	}
+	// Non-loopback is fine with auth or --insecure.
+	for _, extra := range []string{"--insecure", "--api-token-file=/t", "--client-ca-file=/ca"} {
+		args := []string{"--interfaces=e", "--api-listen=0.0.0.0:7470", extra, "--tls-cert-file=c", "--tls-key-file=k"}
+		if _, err := Parse(args, io.Discard); err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+	if _, err := Parse([]string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+}

@@ -1,0 +1,238 @@
+// Package daemon wires xlbd together: configuration → datapath → desired
+// state (restored from disk) → REST API, and shuts it down cleanly.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/xlb-dev/xlb/dataplane"
+	"github.com/xlb-dev/xlb/internal/apiserver"
+	"github.com/xlb-dev/xlb/internal/config"
+	"github.com/xlb-dev/xlb/internal/state"
+)
+
+// ManagedDataplane is a Dataplane with a lifecycle.
+type ManagedDataplane interface {
+	Dataplane
+	// Close releases the process's handles and keeps pinned programs,
+	// maps and links: traffic keeps flowing while xlbd is down.
+	Close() error
+	// Destroy detaches every interface and removes the pins.
+	Destroy(ctx context.Context) error
+}
+
+// OpenDataplaneFunc opens the datapath for a configuration.
+type OpenDataplaneFunc func(ctx context.Context, cfg config.Config, log *slog.Logger) (ManagedDataplane, error)
+
+// OpenEBPF opens the real eBPF datapath.
+func OpenEBPF(ctx context.Context, cfg config.Config, log *slog.Logger) (ManagedDataplane, error) {
+	if err := ensureBPFFS(cfg.BPFFSPath, log); err != nil {
+		return nil, err
+	}
+	dp, err := dataplane.New(ctx, dataplane.Config{
+		Hook:           dataplane.Hook(cfg.Hook),
+		XDPGeneric:     cfg.XDPGeneric,
+		Interfaces:     cfg.Interfaces,
+		ConntrackFlows: cfg.ConntrackFlows,
+		PinPath:        cfg.BPFFSPath,
+		// Changing --conntrack-flows is a deliberate act; refusing to start
+		// until someone deletes pins by hand would be worse than losing the
+		// tracked flows (which are re-balanced).
+		RecreateIncompatibleMaps: true,
+		Logger:                   log.With("component", "dataplane"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return dp, nil
+}
+
+// Options configure a Daemon.
+type Options struct {
+	Config  config.Config
+	Logger  *slog.Logger
+	Version string
+	// OpenDataplane defaults to OpenEBPF; tests pass a fake.
+	OpenDataplane OpenDataplaneFunc
+	// Health is the probe seam (nil: all backends healthy).
+	Health BackendHealth
+}
+
+// Daemon is a running xlbd.
+type Daemon struct {
+	cfg     config.Config
+	log     *slog.Logger
+	dp      ManagedDataplane
+	mgr     *Manager
+	store   *state.Store
+	api     *apiserver.Server
+	srv     *http.Server
+	ln      net.Listener
+	useTLS  bool
+	stopped chan struct{}
+}
+
+// ShutdownTimeout bounds how long in-flight requests may take at exit.
+const ShutdownTimeout = 30 * time.Second
+
+// New validates credentials, opens the datapath, restores the desired state
+// into it and binds the API listener. Nothing is served before Run, so no
+// request can see a half-restored state.
+func New(ctx context.Context, opts Options) (d *Daemon, err error) {
+	cfg, log := opts.Config, opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if opts.OpenDataplane == nil {
+		opts.OpenDataplane = OpenEBPF
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	defaultSNAT, _ := cfg.DefaultSNAT() // validated above
+
+	var token []byte
+	if cfg.APITokenFile != "" {
+		if token, err = apiserver.ReadToken(cfg.APITokenFile); err != nil {
+			return nil, err
+		}
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLSCertFile != "" {
+		if tlsCfg, err = apiserver.TLSConfig(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.ClientCAFile); err != nil {
+			return nil, err
+		}
+	}
+	host, _, _ := net.SplitHostPort(cfg.APIListen)
+	if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+		if cfg.Insecure && token == nil && cfg.ClientCAFile == "" {
+			log.Warn("serving the API on a non-loopback address without authentication (--insecure)", "listen", cfg.APIListen)
+		} else if token != nil && tlsCfg == nil {
+			log.Warn("the bearer token travels in clear text: give --tls-cert-file/--tls-key-file", "listen", cfg.APIListen)
+		}
+	}
+
+	store, err := state.Open(cfg.StateDir, log.With("component", "state"))
+	if err != nil {
+		return nil, err
+	}
+	dp, err := opts.OpenDataplane(ctx, cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("open datapath: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			dp.Close()
+		}
+	}()
+	mgr := NewManager(ManagerConfig{
+		Dataplane: dp, Store: store, Logger: log.With("component", "manager"),
+		DefaultSNAT: defaultSNAT, Health: opts.Health, Hook: cfg.Hook, Version: opts.Version,
+	})
+	if err := mgr.Restore(ctx); err != nil {
+		return nil, err
+	}
+	api := apiserver.New(apiserver.Options{
+		Core: mgr, Logger: log.With("component", "api"), Token: token, RequireClientCert: cfg.ClientCAFile != "",
+	})
+	ln, err := net.Listen("tcp", cfg.APIListen)
+	if err != nil {
+		return nil, fmt.Errorf("--api-listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           api.Handler(),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	return &Daemon{cfg: cfg, log: log, dp: dp, mgr: mgr, store: store, api: api, srv: srv, ln: ln,
+		useTLS: tlsCfg != nil, stopped: make(chan struct{})}, nil
+}
+
+// Addr is the bound API address (useful with port 0).
+func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
+
+// Manager exposes the desired-state manager (for the health prober).
+func (d *Daemon) Manager() *Manager { return d.mgr }
+
+// reaper is implemented by the eBPF datapath: conntrack garbage collection.
+type reaper interface {
+	RunReaper(ctx context.Context, interval time.Duration)
+}
+
+// ReapInterval is how often idle conntrack entries are collected.
+const ReapInterval = 10 * time.Second
+
+// Run serves the API until ctx is done, then shuts down: stop accepting,
+// finish in-flight requests (up to ShutdownTimeout), persist the desired
+// state, and close the datapath without detaching (pins keep traffic
+// flowing) unless --detach-on-exit.
+func (d *Daemon) Run(ctx context.Context) error {
+	serveErr := make(chan error, 1)
+	go func() {
+		var err error
+		if d.useTLS {
+			err = d.srv.ServeTLS(d.ln, "", "")
+		} else {
+			err = d.srv.Serve(d.ln)
+		}
+		serveErr <- err
+	}()
+	bgCtx, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	bgDone := make(chan struct{})
+	go func() {
+		defer close(bgDone)
+		if r, ok := d.dp.(reaper); ok {
+			r.RunReaper(bgCtx, ReapInterval)
+		}
+	}()
+	ready, reason := d.mgr.Ready()
+	d.log.Info("xlbd serving", "listen", d.ln.Addr().String(), "tls", d.useTLS, "ready", ready, "reason", reason)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		d.log.Info("shutting down", "cause", context.Cause(ctx))
+	case err := <-serveErr:
+		runErr = fmt.Errorf("api server: %w", err)
+	}
+	shCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	if err := d.srv.Shutdown(shCtx); err != nil {
+		d.log.Warn("in-flight requests did not finish in time", "error", err)
+		d.srv.Close()
+	}
+	stopBG()
+	<-bgDone
+	// Every change was persisted when it was made; this final write makes
+	// sure the file exists and carries the latest generation.
+	if err := d.store.Save(shCtx, d.mgr.Snapshot()); err != nil {
+		d.log.Error("persisting the desired state at exit failed", "error", err)
+		runErr = errors.Join(runErr, err)
+	}
+	if d.cfg.DetachOnExit {
+		d.log.Info("detaching the datapath and removing pins (--detach-on-exit)")
+		if err := d.dp.Destroy(shCtx); err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("detach datapath: %w", err))
+		}
+	} else {
+		d.log.Info("closing the datapath; programs stay attached and pinned, traffic keeps flowing")
+		if err := d.dp.Close(); err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("close datapath: %w", err))
+		}
+	}
+	close(d.stopped)
+	return runErr
+}
