@@ -77,6 +77,7 @@ type Daemon struct {
 	ln      net.Listener
 	useTLS  bool
 	stopped chan struct{}
+	prober  *Prober // nil when a test injected its own BackendHealth
 }
 
 // ShutdownTimeout bounds how long in-flight requests may take at exit.
@@ -132,6 +133,12 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 			dp.Close()
 		}
 	}()
+	// Active health checks: the real prober unless a test injected a seam.
+	var prober *Prober
+	if opts.Health == nil {
+		prober = NewProber(log.With("component", "health"))
+		opts.Health = prober
+	}
 	mgr := NewManager(ManagerConfig{
 		Dataplane: dp, Store: store, Logger: log.With("component", "manager"),
 		DefaultSNAT: defaultSNAT, Health: opts.Health, Hook: cfg.Hook, Version: opts.Version,
@@ -142,6 +149,9 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	api := apiserver.New(apiserver.Options{
 		Core: mgr, Logger: log.With("component", "api"), Token: token, RequireClientCert: cfg.ClientCAFile != "",
 	})
+	if prober != nil {
+		api.Registry().MustRegister(prober.Collector())
+	}
 	ln, err := net.Listen("tcp", cfg.APIListen)
 	if err != nil {
 		return nil, fmt.Errorf("--api-listen: %w", err)
@@ -157,7 +167,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	return &Daemon{cfg: cfg, log: log, dp: dp, mgr: mgr, store: store, api: api, srv: srv, ln: ln,
+	return &Daemon{cfg: cfg, log: log, dp: dp, mgr: mgr, store: store, api: api, srv: srv, ln: ln, prober: prober,
 		useTLS: tlsCfg != nil, stopped: make(chan struct{})}, nil
 }
 
@@ -198,6 +208,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			r.RunReaper(bgCtx, ReapInterval)
 		}
 	}()
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		if d.prober != nil {
+			d.prober.Run(bgCtx, d.mgr.Reconcile)
+		}
+	}()
 	ready, reason := d.mgr.Ready()
 	d.log.Info("xlbd serving", "listen", d.ln.Addr().String(), "tls", d.useTLS, "ready", ready, "reason", reason)
 
@@ -216,6 +233,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	stopBG()
 	<-bgDone
+	<-probeDone
 	// Every change was persisted when it was made; this final write makes
 	// sure the file exists and carries the latest generation.
 	if err := d.store.Save(shCtx, d.mgr.Snapshot()); err != nil {

@@ -103,6 +103,7 @@ func expand(s api.Service, defaultSNAT []netip.Addr, health BackendHealth) []dat
 			}
 			d.Backends = append(d.Backends, be)
 		}
+		keepAllWhenAllDown(d.Backends)
 		out = append(out, d)
 	}
 	return out
@@ -122,4 +123,32 @@ func pickFamily(own []string, defaults []netip.Addr, is4 bool) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// keepAllWhenAllDown implements the all-down policy: when every backend
+// that may take new flows (weight > 0) failed its probe, they all stay
+// selectable. A probe outage (a broken network path between the load
+// balancer and the backends, a misconfigured probe) then degrades to "no
+// health checking" instead of blackholing the service. BGP still withdraws
+// the VIP in that case, so an anycast router can prefer a load balancer
+// that sees healthy backends (docs/health.md).
+func keepAllWhenAllDown(bs []dataplane.Backend) {
+	candidates, down := 0, 0
+	for _, b := range bs {
+		if b.Weight == 0 {
+			continue
+		}
+		candidates++
+		if b.State == dataplane.BackendDown {
+			down++
+		}
+	}
+	if candidates == 0 || down != candidates {
+		return
+	}
+	for i := range bs {
+		if bs[i].State == dataplane.BackendDown {
+			bs[i].State = dataplane.BackendActive
+		}
+	}
 }

@@ -120,6 +120,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 	m.generation = snap.Generation
 	m.restored = true
 	m.applyLocked(ctx)
+	m.syncProbesLocked(ctx)
 	m.log.Info("desired state restored", "services", len(next), "generation", snap.Generation, "applied", m.applied)
 	return nil
 }
@@ -192,7 +193,21 @@ func (m *Manager) commitLocked(ctx context.Context, next map[string]api.Service)
 	m.desired = next
 	m.generation = gen
 	m.applied, m.applyErr = true, nil
+	m.syncProbesLocked(ctx)
 	return nil
+}
+
+// probeTargetSetter is implemented by the health prober (Prober).
+type probeTargetSetter interface {
+	SetTargets(ctx context.Context, services []api.Service)
+}
+
+// syncProbesLocked makes the health prober probe exactly the backends of
+// the desired set. Called with mu held.
+func (m *Manager) syncProbesLocked(ctx context.Context) {
+	if ts, ok := m.cfg.Health.(probeTargetSetter); ok {
+		ts.SetTargets(ctx, sortedList(m.desired))
+	}
 }
 
 func sortedList(set map[string]api.Service) []api.Service {
@@ -458,16 +473,19 @@ func (m *Manager) status(s api.Service, byName map[string]*dataplane.ServiceStat
 		if b.Weight != nil && *b.Weight == 0 {
 			bs.State = string(dataplane.BackendDraining)
 		}
-		if m.cfg.Health != nil {
-			if hs, ok := m.cfg.Health.BackendState(s.Name, ap); ok && hs == dataplane.BackendDown {
-				bs.State = string(dataplane.BackendDown)
-			}
-		}
 		if d, ok := beStats[ap]; ok {
 			if d.State != "" {
 				bs.State = string(d.State)
 			}
 			bs.Packets, bs.Bytes, bs.NewFlows, bs.Active = d.Counters.Packets, d.Counters.Bytes, d.Counters.NewFlows, d.Active
+		}
+		// The probe's verdict wins over the datapath's: when every backend
+		// is down the datapath keeps them all selectable (see expand), but
+		// the operator must still see that they failed their probes.
+		if m.cfg.Health != nil {
+			if hs, ok := m.cfg.Health.BackendState(s.Name, ap); ok && hs == dataplane.BackendDown {
+				bs.State = string(dataplane.BackendDown)
+			}
 		}
 		st.Backends = append(st.Backends, bs)
 	}
