@@ -57,6 +57,7 @@ fuzz:
 
 ## demo: build everything and show traffic through a VIP, end to end.
 demo: deps build kube-bins
+	$(GO) build -o $(BIN)/ ./test/cmd/whoami
 	@scripts/demo.sh
 
 demo-clean:

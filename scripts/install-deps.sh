@@ -3,7 +3,7 @@
 # packages already present are skipped, so re-runs cost one dpkg query.
 set -euo pipefail
 PKGS=(clang llvm libbpf-dev bpftool iproute2 nftables ethtool iputils-ping curl
-      conntrack tcpdump iperf3 bird2 openssl)
+      conntrack tcpdump iperf3 wrk bird2 openssl jq)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
