@@ -102,8 +102,6 @@ const (
 	ctFlagRewriteSrc = 1 << 1
 	ctFlagRewriteDst = 1 << 2
 	ctFlagClosing    = 1 << 3
-
-	dropMax = 8
 )
 
 var natCodes = map[NATMode]uint8{NATDefault: natCodeDefault, NATFullNAT: natCodeFullNAT, NATOneArm: natCodeOneArm}

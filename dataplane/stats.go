@@ -175,6 +175,12 @@ func (d *Dataplane) Flows(ctx context.Context, f FlowFilter) ([]Flow, string, er
 		if f.VIP.IsValid() && (k.Dst != vipBE || k.Family != familyOf(f.VIP.Unmap())) {
 			return
 		}
+		if f.VIPPort != 0 && k.Dport != htons(f.VIPPort) {
+			return
+		}
+		if f.ClientPort != 0 && k.Sport != htons(f.ClientPort) {
+			return
+		}
 		if f.Client.IsValid() && (k.Src != clientBE || k.Family != familyOf(f.Client.Unmap())) {
 			return
 		}

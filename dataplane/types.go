@@ -147,6 +147,9 @@ type Flow struct {
 type FlowFilter struct {
 	VIP    netip.Addr
 	Client netip.Addr
+	// VIPPort and ClientPort narrow the match when non-zero.
+	VIPPort    uint16
+	ClientPort uint16
 	Limit  int
 	// After is an opaque paging cursor returned by a previous call.
 	After string

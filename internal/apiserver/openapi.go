@@ -7,7 +7,7 @@ import (
 )
 
 // openapiJSON is a copy of docs/openapi.json (a test keeps them identical;
-// go:embed cannot reach outside the package directory).
+// an embed pattern cannot reach outside the package directory).
 //
 //go:embed openapi.json
 var openapiJSON []byte

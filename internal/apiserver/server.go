@@ -45,9 +45,22 @@ type Core interface {
 	Ready() (bool, string)
 }
 
+// BGPCore is what the BGP handlers need (implemented by
+// daemon.BGPController). Nil in Options: the BGP routes answer 503.
+type BGPCore interface {
+	GetBGP(ctx context.Context) (api.BGPStatus, error)
+	PutBGP(ctx context.Context, g api.BGPGlobal) (api.BGPGlobal, error)
+	DeleteBGP(ctx context.Context) error
+	ListBGPPeers(ctx context.Context) (api.BGPPeerList, error)
+	ReplaceBGPPeers(ctx context.Context, req api.BGPPeerReplace) (api.BGPPeerList, error)
+	PutBGPPeer(ctx context.Context, address string, p api.BGPPeer) (api.BGPPeerStatus, bool, error)
+	DeleteBGPPeer(ctx context.Context, address string) error
+}
+
 // Options configure a Server.
 type Options struct {
 	Core   Core
+	BGP    BGPCore
 	Logger *slog.Logger
 	// Token, when non-empty, is the bearer token every request except
 	// /healthz and /readyz must carry.
@@ -70,6 +83,7 @@ type Route struct {
 // Server is the HTTP API.
 type Server struct {
 	core     Core
+	bgp      BGPCore
 	log      *slog.Logger
 	auth     authenticator
 	routes   []Route
@@ -80,11 +94,11 @@ type Server struct {
 
 // New builds the server and its private Prometheus registry.
 func New(opts Options) *Server {
-	s := &Server{core: opts.Core, log: opts.Logger, auth: newAuthenticator(opts.Token, opts.RequireClientCert)}
+	s := &Server{core: opts.Core, bgp: opts.BGP, log: opts.Logger, auth: newAuthenticator(opts.Token, opts.RequireClientCert)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.registry, s.metrics = newRegistry(opts.Core)
+	s.registry, s.metrics = newRegistry(opts.Core, opts.BGP)
 	s.routes = []Route{
 		{Method: http.MethodGet, Path: "/healthz", Public: true, handler: s.healthz},
 		{Method: http.MethodGet, Path: "/readyz", Public: true, handler: s.readyz},
@@ -97,6 +111,13 @@ func New(opts Options) *Server {
 		{Method: http.MethodPut, Path: "/v1/services/{name}", handler: s.putService},
 		{Method: http.MethodDelete, Path: "/v1/services/{name}", handler: s.deleteService},
 		{Method: http.MethodGet, Path: "/v1/conntrack", handler: s.conntrack},
+		{Method: http.MethodGet, Path: "/v1/bgp", handler: s.getBGP},
+		{Method: http.MethodPut, Path: "/v1/bgp", handler: s.putBGP},
+		{Method: http.MethodDelete, Path: "/v1/bgp", handler: s.deleteBGP},
+		{Method: http.MethodGet, Path: "/v1/bgp/peers", handler: s.listBGPPeers},
+		{Method: http.MethodPut, Path: "/v1/bgp/peers", handler: s.replaceBGPPeers},
+		{Method: http.MethodPut, Path: "/v1/bgp/peers/{address}", handler: s.putBGPPeer},
+		{Method: http.MethodDelete, Path: "/v1/bgp/peers/{address}", handler: s.deleteBGPPeer},
 	}
 	// Patterns are registered without a method so that a wrong method
 	// gets our 405 body (with Allow) instead of net/http's plain text.
@@ -414,11 +435,18 @@ func (s *Server) conntrack(w http.ResponseWriter, r *http.Request) {
 	for _, p := range []struct {
 		name string
 		dst  *netip.Addr
-	}{{"vip", &f.VIP}, {"client", &f.Client}} {
+		port *uint16
+	}{{"vip", &f.VIP, &f.VIPPort}, {"client", &f.Client, &f.ClientPort}} {
 		if v := q.Get(p.name); v != "" {
+			// ADDR or ADDR:PORT ([v6]:port), as xlbctl documents.
 			a, err := netip.ParseAddr(v)
+			if err != nil {
+				ap, perr := netip.ParseAddrPort(v)
+				a, err = ap.Addr(), perr
+				*p.port = ap.Port()
+			}
 			if err != nil || a.Zone() != "" {
-				writeError(w, &api.Error{Code: api.CodeInvalid, Field: p.name, Value: v, Message: "invalid address", Allowed: "an IPv4 or IPv6 address"})
+				writeError(w, &api.Error{Code: api.CodeInvalid, Field: p.name, Value: v, Message: "invalid address", Allowed: "an IPv4 or IPv6 address, optionally with a port (ADDR:PORT, [V6]:PORT)"})
 				return
 			}
 			*p.dst = a

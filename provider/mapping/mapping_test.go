@@ -186,7 +186,7 @@ func TestNamesUniqueAndStable(t *testing.T) {
 	if Name("x", c, 80, "tcp") == Name("x", d, 80, "tcp") {
 		t.Fatal("colliding heads produced equal names")
 	}
-	if Name("x", a, 80, "tcp") != Name("x", a, 80, "tcp") {
+	if first, again := Name("x", a, 80, "tcp"), Name("x", a, 80, "tcp"); first != again {
 		t.Fatal("not stable")
 	}
 	if Name("x", a, 80, "tcp") == Name("x", a, 80, "udp") || Name("x", a, 80, "tcp") == Name("x", a, 81, "tcp") {
