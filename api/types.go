@@ -46,6 +46,9 @@ type ServiceSpec struct {
 	Probe *Probe `json:"probe,omitempty"`
 	// BGP: per-service announcement settings (nil = global defaults).
 	BGP *ServiceBGP `json:"bgp,omitempty"`
+	// L2: answer ARP/NDP for the VIPs on a local interface (nil = no L2
+	// announcement; see docs/announce.md).
+	L2 *ServiceL2 `json:"l2,omitempty"`
 }
 
 // Backend is one destination.
@@ -83,6 +86,14 @@ type ServiceBGP struct {
 	LargeCommunities []string `json:"largeCommunities,omitempty"`
 	LocalPref        *uint32  `json:"localPref,omitempty"`
 	MED              *uint32  `json:"med,omitempty"`
+}
+
+// ServiceL2 are per-service L2 announcement settings: xlbd answers ARP
+// (IPv4) and NDP (IPv6) for the service's VIPs on Interface while the
+// service has a usable backend of the VIP's family.
+type ServiceL2 struct {
+	// Interface is the name of the local interface on the VIPs' segment.
+	Interface string `json:"interface"`
 }
 
 // ServiceStatus is live state read from the datapath.

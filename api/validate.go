@@ -307,6 +307,23 @@ func ValidateService(s *Service, opt ValidateOptions) error {
 			return err
 		}
 	}
+	if sp.L2 != nil {
+		if err := ValidateInterfaceName(sf+"l2.interface", sp.L2.Interface); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const allowedIface = "a Linux interface name: 1-15 characters, no '/', ':', whitespace, and not '.' or '..'"
+
+// ValidateInterfaceName checks a Linux interface name (the kernel's
+// dev_valid_name rules; ':' is excluded too because it marks aliases).
+func ValidateInterfaceName(field, name string) error {
+	if name == "" || len(name) > 15 || name == "." || name == ".." ||
+		strings.ContainsAny(name, "/:") || strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || r > unicode.MaxASCII }) >= 0 {
+		return invalid(field, name, "invalid interface name", allowedIface)
+	}
 	return nil
 }
 
@@ -551,6 +568,10 @@ func DefaultService(s Service) Service {
 			b.MED = &v
 		}
 		sp.BGP = &b
+	}
+	if in.L2 != nil {
+		l2 := *in.L2
+		sp.L2 = &l2
 	}
 	out.Spec = sp
 	return out

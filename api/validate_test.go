@@ -31,6 +31,7 @@ func validService() Service {
 			},
 			Probe: &Probe{Type: "http", Path: "/healthz", ExpectStatus: []int{200, 204}},
 			BGP:   &ServiceBGP{Communities: []string{"65000:100", "no-export"}, LargeCommunities: []string{"65000:1:2"}},
+			L2:    &ServiceL2{Interface: "eth0"},
 		},
 	}
 }
@@ -106,6 +107,10 @@ func TestValidateFields(t *testing.T) {
 		{"probe request", func(s *Service) { s.Spec.Probe.Request = "ping" }, ValidateOptions{}, "spec.probe.request", "ping", "empty for type http"},
 		{"community", func(s *Service) { s.Spec.BGP.Communities[0] = "65536:1" }, ValidateOptions{}, "spec.bgp.communities[0]", "65536:1", "no-export"},
 		{"large community", func(s *Service) { s.Spec.BGP.LargeCommunities[0] = "1:2" }, ValidateOptions{}, "spec.bgp.largeCommunities[0]", "1:2", "GLOBAL:LOCAL1:LOCAL2"},
+		{"l2 interface empty", func(s *Service) { s.Spec.L2.Interface = "" }, ValidateOptions{}, "spec.l2.interface", "", "1-15 characters"},
+		{"l2 interface long", func(s *Service) { s.Spec.L2.Interface = "abcdefghijklmnop" }, ValidateOptions{}, "spec.l2.interface", "abcdefghijklmnop", "1-15 characters"},
+		{"l2 interface slash", func(s *Service) { s.Spec.L2.Interface = "eth/0" }, ValidateOptions{}, "spec.l2.interface", "eth/0", "no '/'"},
+		{"l2 interface space", func(s *Service) { s.Spec.L2.Interface = "eth 0" }, ValidateOptions{}, "spec.l2.interface", "eth 0", "whitespace"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,9 +15,9 @@ func newGetCmd(o *globalOptions) *cobra.Command {
 		Short: "Show services, conntrack entries or xlbd's status",
 		// Without RunE cobra prints help and exits 0 on a misspelt
 		// resource; scripts need the failure.
-		RunE: unknownResource("services, conntrack, status"),
+		RunE: unknownResource("services, conntrack, status, bgp"),
 	}
-	get.AddCommand(newGetServicesCmd(o), newGetConntrackCmd(o), newGetStatusCmd(o))
+	get.AddCommand(newGetServicesCmd(o), newGetConntrackCmd(o), newGetStatusCmd(o), newGetBGPCmd(o))
 	return get
 }
 

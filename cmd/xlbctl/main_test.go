@@ -171,7 +171,7 @@ func TestGetErrors(t *testing.T) {
 		{[]string{"get", "services", "-o", "xml"}, `error: invalid output format -o "xml" (allowed: table, json, yaml)` + "\n"},
 		{[]string{"get", "services", "-l", "app"}, `error: --selector: selector "app": "app" is not key=value` + "\n"},
 		{[]string{"get", "conntrack", "--limit", "-1"}, "error: --limit -1: must be 0 (server default) or more\n"},
-		{[]string{"get", "flowz"}, `error: xlbctl get: unknown resource "flowz" (allowed: services, conntrack, status)` + "\n"},
+		{[]string{"get", "flowz"}, `error: xlbctl get: unknown resource "flowz" (allowed: services, conntrack, status, bgp)` + "\n"},
 		{[]string{"delete"}, "error: xlbctl delete: name a resource (allowed: service)\n"},
 	} {
 		res := xlbctl(t, env, "", tc.args...)

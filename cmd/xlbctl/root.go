@@ -99,7 +99,7 @@ load-balanced services, and look at the datapath (status, conntrack).`,
 	f.StringVarP(&o.output, "output", "o", "table", "output format: "+strings.Join(outputFormats, "|"))
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log retries to stderr")
 
-	root.AddCommand(newGetCmd(o), newApplyCmd(o), newDeleteCmd(o), newVersionCmd(o))
+	root.AddCommand(newGetCmd(o), newApplyCmd(o), newDeleteCmd(o), newBGPCmd(o), newVersionCmd(o))
 	return root
 }
 

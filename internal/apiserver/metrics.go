@@ -19,7 +19,7 @@ type apiMetrics struct {
 
 // newRegistry builds the per-server registry: API request metrics, the
 // datapath collector (read on every scrape) and the Go/process collectors.
-func newRegistry(core Core) (*prometheus.Registry, *apiMetrics) {
+func newRegistry(core Core, bgp BGPCore) (*prometheus.Registry, *apiMetrics) {
 	reg := prometheus.NewRegistry()
 	m := &apiMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -34,6 +34,9 @@ func newRegistry(core Core) (*prometheus.Registry, *apiMetrics) {
 	}
 	reg.MustRegister(m.requests, m.latency, &datapathCollector{core: core},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if bgp != nil {
+		reg.MustRegister(&bgpCollector{bgp: bgp})
+	}
 	return reg, m
 }
 
@@ -127,4 +130,41 @@ func boolFloat(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+var (
+	descBGPSessionUp   = prometheus.NewDesc("xlb_bgp_session_up", "1 when the BGP session with the peer is established.", []string{"peer"}, nil)
+	descBGPPeerState   = prometheus.NewDesc("xlb_bgp_session_state", "1 for the BGP session's current state (idle, connect, active, opensent, openconfirm, established).", []string{"peer", "state"}, nil)
+	descBGPAdvertised  = prometheus.NewDesc("xlb_bgp_peer_prefixes_advertised", "Prefixes advertised to the peer.", []string{"peer"}, nil)
+	descBGPUpdatesSent = prometheus.NewDesc("xlb_bgp_updates_sent_total", "BGP UPDATE messages sent to the peer (since its session was created).", []string{"peer"}, nil)
+	descBGPUpdatesRecv = prometheus.NewDesc("xlb_bgp_updates_received_total", "BGP UPDATE messages received from the peer.", []string{"peer"}, nil)
+	descBGPAnnounced   = prometheus.NewDesc("xlb_bgp_prefixes_announced", "Host routes (VIPs) currently announced over BGP.", nil, nil)
+	descBGPConfigured  = prometheus.NewDesc("xlb_bgp_configured", "1 when the BGP speaker is configured (PUT /v1/bgp).", nil, nil)
+)
+
+// bgpCollector reads the BGP state on every scrape.
+type bgpCollector struct{ bgp BGPCore }
+
+func (c *bgpCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descBGPSessionUp, descBGPPeerState, descBGPAdvertised, descBGPUpdatesSent, descBGPUpdatesRecv, descBGPAnnounced, descBGPConfigured} {
+		ch <- d
+	}
+}
+
+func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.bgp.GetBGP(ctx)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descBGPConfigured, prometheus.GaugeValue, boolFloat(st.Global != nil))
+	ch <- prometheus.MustNewConstMetric(descBGPAnnounced, prometheus.GaugeValue, float64(len(st.Announced)))
+	for _, p := range st.Peers {
+		ch <- prometheus.MustNewConstMetric(descBGPSessionUp, prometheus.GaugeValue, boolFloat(p.State == "established"), p.Address)
+		ch <- prometheus.MustNewConstMetric(descBGPPeerState, prometheus.GaugeValue, 1, p.Address, p.State)
+		ch <- prometheus.MustNewConstMetric(descBGPAdvertised, prometheus.GaugeValue, float64(p.PrefixesAdvertised), p.Address)
+		ch <- prometheus.MustNewConstMetric(descBGPUpdatesSent, prometheus.CounterValue, float64(p.UpdatesSent), p.Address)
+		ch <- prometheus.MustNewConstMetric(descBGPUpdatesRecv, prometheus.CounterValue, float64(p.UpdatesReceived), p.Address)
+	}
 }

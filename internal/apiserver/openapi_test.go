@@ -64,6 +64,22 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	}
 }
 
+// jsonFields lists the JSON names of a struct's fields; embedded structs
+// without a tag contribute their own fields, as encoding/json does.
+func jsonFields(rt reflect.Type) []string {
+	var out []string
+	for i := 0; i < rt.NumField(); i++ {
+		f := rt.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct {
+			out = append(out, jsonFields(f.Type)...)
+			continue
+		}
+		out = append(out, tag)
+	}
+	return out
+}
+
 func keys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
@@ -81,6 +97,8 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"ServiceBGP": api.ServiceBGP{}, "ServiceStatus": api.ServiceStatus{}, "BackendStatus": api.BackendStatus{},
 		"ServiceList": api.ServiceList{}, "BulkReplace": api.BulkReplace{}, "BulkResult": api.BulkResult{},
 		"Status": api.Status{}, "InterfaceStatus": api.InterfaceStatus{}, "Flow": api.Flow{}, "FlowList": api.FlowList{}, "Error": api.Error{},
+		"ServiceL2": api.ServiceL2{}, "BGPGlobal": api.BGPGlobal{}, "BGPPeer": api.BGPPeer{}, "BGPPeerList": api.BGPPeerList{},
+		"BGPPeerReplace": api.BGPPeerReplace{}, "BGPStatus": api.BGPStatus{}, "BGPPeerStatus": api.BGPPeerStatus{},
 	}
 	if len(types) != len(doc.Components.Schemas) {
 		t.Errorf("document has %d schemas, test knows %d", len(doc.Components.Schemas), len(types))
@@ -91,12 +109,8 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 			t.Errorf("schema %s missing", name)
 			continue
 		}
-		var goFields, docFields []string
-		rt := reflect.TypeOf(v)
-		for i := 0; i < rt.NumField(); i++ {
-			tag, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
-			goFields = append(goFields, tag)
-		}
+		var docFields []string
+		goFields := jsonFields(reflect.TypeOf(v))
 		for p := range schema.Properties {
 			docFields = append(docFields, p)
 		}
@@ -119,6 +133,9 @@ func TestOpenAPIExamplesValidate(t *testing.T) {
 		"Service": func() any { return &api.Service{} }, "ServiceList": func() any { return &api.ServiceList{} },
 		"BulkReplace": func() any { return &api.BulkReplace{} }, "BulkResult": func() any { return &api.BulkResult{} },
 		"Status": func() any { return &api.Status{} }, "FlowList": func() any { return &api.FlowList{} }, "Error": func() any { return &api.Error{} },
+		"BGPGlobal": func() any { return &api.BGPGlobal{} }, "BGPPeer": func() any { return &api.BGPPeer{} },
+		"BGPPeerStatus": func() any { return &api.BGPPeerStatus{} }, "BGPPeerList": func() any { return &api.BGPPeerList{} },
+		"BGPPeerReplace": func() any { return &api.BGPPeerReplace{} }, "BGPStatus": func() any { return &api.BGPStatus{} },
 	}
 	checked := 0
 	var walk func(path string, n any)

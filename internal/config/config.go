@@ -37,6 +37,7 @@ type Config struct {
 	LogLevel       string   `json:"logLevel"`
 	LogFormat      string   `json:"logFormat"`
 	DetachOnExit   bool     `json:"detachOnExit"`
+	PlumbVIPs      bool     `json:"plumbVIPs"`
 }
 
 // Defaults returns the configuration used when nothing is given.
@@ -93,6 +94,7 @@ func bind(fs *flag.FlagSet, c *Config, configFile *string) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.BoolVar(&c.DetachOnExit, "detach-on-exit", c.DetachOnExit, "detach the datapath and remove its pins on exit (default: keep forwarding)")
+	fs.BoolVar(&c.PlumbVIPs, "plumb-vips", c.PlumbVIPs, "put every VIP on the xlb-owned link xlb0 so that the host answers for it (ICMP echo); removed on clean exit (see docs/announce.md)")
 }
 
 // Parse builds the configuration from args (without the program name).

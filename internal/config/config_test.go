@@ -117,3 +117,17 @@ func TestValidation(t *testing.T) {
 		t.Errorf("-h: %v", err)
 	}
 }
+
+func TestPlumbVIPs(t *testing.T) {
+	c, err := Parse([]string{"--interfaces", "eth0"}, io.Discard)
+	if err != nil || c.PlumbVIPs {
+		t.Fatalf("plumbVIPs must default to false: %+v %v", c, err)
+	}
+	p := writeFile(t, "interfaces: [eth0]\nplumbVIPs: true\n")
+	if c, err = Parse([]string{"--config", p}, io.Discard); err != nil || !c.PlumbVIPs {
+		t.Fatalf("plumbVIPs from the file: %+v %v", c, err)
+	}
+	if c, err = Parse([]string{"--config", p, "--plumb-vips=false"}, io.Discard); err != nil || c.PlumbVIPs {
+		t.Fatalf("--plumb-vips=false must override the file: %+v %v", c, err)
+	}
+}

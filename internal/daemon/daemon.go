@@ -78,6 +78,8 @@ type Daemon struct {
 	useTLS  bool
 	stopped chan struct{}
 	prober  *Prober // nil when a test injected its own BackendHealth
+	ann     *announcer
+	bgp     *BGPController
 }
 
 // ShutdownTimeout bounds how long in-flight requests may take at exit.
@@ -139,15 +141,28 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		prober = NewProber(log.With("component", "health"))
 		opts.Health = prober
 	}
+	// VIP announcement (docs/announce.md): BGP, L2 and, with --plumb-vips,
+	// the VIPs on the host. The manager pushes every change to them.
+	ann, bgpCtl := newAnnouncement(ctx, cfg, opts.Health, store, log)
+	defer func() {
+		if err != nil {
+			d := &Daemon{log: log, ann: ann, bgp: bgpCtl}
+			d.stopAnnouncing(context.WithoutCancel(ctx))
+		}
+	}()
 	mgr := NewManager(ManagerConfig{
 		Dataplane: dp, Store: store, Logger: log.With("component", "manager"),
 		DefaultSNAT: defaultSNAT, Health: opts.Health, Hook: cfg.Hook, Version: opts.Version,
+		Announce: ann.Announce,
 	})
 	if err := mgr.Restore(ctx); err != nil {
 		return nil, err
 	}
+	if err := bgpCtl.Restore(ctx); err != nil {
+		return nil, err
+	}
 	api := apiserver.New(apiserver.Options{
-		Core: mgr, Logger: log.With("component", "api"), Token: token, RequireClientCert: cfg.ClientCAFile != "",
+		Core: mgr, BGP: bgpCtl, Logger: log.With("component", "api"), Token: token, RequireClientCert: cfg.ClientCAFile != "",
 	})
 	if prober != nil {
 		api.Registry().MustRegister(prober.Collector())
@@ -168,7 +183,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	return &Daemon{cfg: cfg, log: log, dp: dp, mgr: mgr, store: store, api: api, srv: srv, ln: ln, prober: prober,
-		useTLS: tlsCfg != nil, stopped: make(chan struct{})}, nil
+		ann: ann, bgp: bgpCtl, useTLS: tlsCfg != nil, stopped: make(chan struct{})}, nil
 }
 
 // Addr is the bound API address (useful with port 0).
@@ -234,6 +249,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stopBG()
 	<-bgDone
 	<-probeDone
+	// Withdraw at once (NOTIFICATION: routers converge in about a second
+	// instead of a hold time) while the pinned datapath still forwards.
+	runErr = errors.Join(runErr, d.stopAnnouncing(shCtx))
 	// Every change was persisted when it was made; this final write makes
 	// sure the file exists and carries the latest generation.
 	if err := d.store.Save(shCtx, d.mgr.Snapshot()); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -26,9 +25,6 @@ type Prober struct {
 	// kick coalesces state changes: one Reconcile covers any number of
 	// changes that arrived while the previous one ran.
 	kick chan struct{}
-
-	mu        sync.Mutex
-	reconcile func(context.Context) error
 
 	transitions *prometheus.CounterVec
 }

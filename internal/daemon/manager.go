@@ -48,6 +48,10 @@ type ManagerConfig struct {
 	Health  BackendHealth
 	Hook    string
 	Version string
+	// Announce receives the desired set after every successful commit,
+	// Reconcile and Restore (nil set while the datapath is not programmed),
+	// to announce the VIPs (see announcer). Nil: no announcements.
+	Announce func(ctx context.Context, services []api.Service)
 }
 
 // mutationTimeout bounds one Apply + persist. A mutation runs detached from
@@ -121,6 +125,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 	m.restored = true
 	m.applyLocked(ctx)
 	m.syncProbesLocked(ctx)
+	m.announceLocked(ctx)
 	m.log.Info("desired state restored", "services", len(next), "generation", snap.Generation, "applied", m.applied)
 	return nil
 }
@@ -145,7 +150,9 @@ func (m *Manager) applyLocked(ctx context.Context) error {
 func (m *Manager) Reconcile(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.applyLocked(ctx)
+	err := m.applyLocked(ctx)
+	m.announceLocked(ctx)
+	return err
 }
 
 func (m *Manager) expandAll(set map[string]api.Service) []dataplane.Service {
@@ -194,6 +201,7 @@ func (m *Manager) commitLocked(ctx context.Context, next map[string]api.Service)
 	m.generation = gen
 	m.applied, m.applyErr = true, nil
 	m.syncProbesLocked(ctx)
+	m.announceLocked(ctx)
 	return nil
 }
 

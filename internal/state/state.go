@@ -95,7 +95,7 @@ func (s *Store) Load(ctx context.Context) (Snapshot, error) {
 
 func (s *Store) quarantine(path string, parseErr error) error {
 	dst := fmt.Sprintf("%s.corrupt-%s", path, s.now().UTC().Format("20060102T150405.000000000Z"))
-	s.log.Error("state file is corrupt; starting with no services", "file", path, "error", parseErr, "movedTo", dst)
+	s.log.Error("state file is corrupt; moved aside, starting without its content", "file", path, "error", parseErr, "movedTo", dst)
 	if err := os.Rename(path, dst); err != nil {
 		return fmt.Errorf("state: move corrupt %s aside: %w", path, err)
 	}

@@ -52,6 +52,9 @@ type Fake struct {
 	token         string
 	failures      []Failure
 	requests      []Request
+	bgpGlobal     *api.BGPGlobal
+	bgpPeers      map[string]api.BGPPeer
+	peerStates    map[string]string
 }
 
 // NewFake returns an empty, ready fake without authentication.
@@ -59,6 +62,8 @@ func NewFake() *Fake {
 	return &Fake{
 		services:      map[string]api.Service{},
 		serviceStatus: map[string]*api.ServiceStatus{},
+		bgpPeers:      map[string]api.BGPPeer{},
+		peerStates:    map[string]string{},
 		ready:         true,
 		status:        api.Status{Version: "fake", BootID: "00000000-0000-0000-0000-000000000000", Ready: true},
 	}
@@ -184,6 +189,8 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, st)
 	case path == "/v1/conntrack" && r.Method == http.MethodGet:
 		f.conntrack(w, r)
+	case path == "/v1/bgp" || strings.HasPrefix(path, "/v1/bgp/"):
+		f.bgp(w, r)
 	case path == "/v1/services" && r.Method == http.MethodGet:
 		f.list(w, r)
 	case path == "/v1/services" && r.Method == http.MethodPut:
@@ -422,4 +429,138 @@ func validate(s api.Service, prefix string) *api.Error {
 		return ae
 	}
 	return &api.Error{Code: api.CodeInvalid, Message: err.Error()}
+}
+
+// SetPeerState sets the session state the fake reports for a peer
+// (default "idle").
+func (f *Fake) SetPeerState(address, state string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.peerStates[address] = state
+}
+
+// BGPPeer returns a stored peer, password included.
+func (f *Fake) BGPPeer(address string) (api.BGPPeer, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.bgpPeers[address]
+	return p, ok
+}
+
+func (f *Fake) peerStatus(p api.BGPPeer) api.BGPPeerStatus {
+	st := api.BGPPeerStatus{BGPPeer: p, PasswordSet: p.Password != "", State: f.peerStates[p.Address]}
+	st.Password = ""
+	if st.State == "" {
+		st.State = "idle"
+	}
+	return st
+}
+
+func (f *Fake) peerList() api.BGPPeerList {
+	addrs := make([]string, 0, len(f.bgpPeers))
+	for a := range f.bgpPeers {
+		addrs = append(addrs, a)
+	}
+	slices.Sort(addrs)
+	out := api.BGPPeerList{Items: []api.BGPPeerStatus{}}
+	for _, a := range addrs {
+		out.Items = append(out.Items, f.peerStatus(f.bgpPeers[a]))
+	}
+	return out
+}
+
+func validPeer(p api.BGPPeer, prefix string) *api.Error {
+	if a, err := netip.ParseAddr(p.Address); err != nil || a.Zone() != "" {
+		return &api.Error{Code: "invalid", Field: prefix + "address", Value: p.Address, Message: "invalid peer address", Allowed: "a unicast IPv4 or IPv6 address without zone"}
+	}
+	if p.ASN == 0 || p.ASN == 4294967295 {
+		return &api.Error{Code: "invalid", Field: prefix + "asn", Value: strconv.FormatUint(uint64(p.ASN), 10), Message: "invalid asn", Allowed: "1-4294967294"}
+	}
+	return nil
+}
+
+// bgp serves /v1/bgp and /v1/bgp/peers[/{address}] (light validation).
+func (f *Fake) bgp(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Path
+	switch {
+	case path == "/v1/bgp" && r.Method == http.MethodGet:
+		st := api.BGPStatus{Global: f.bgpGlobal, Peers: f.peerList().Items, Announced: []string{}}
+		writeJSON(w, http.StatusOK, st)
+	case path == "/v1/bgp" && r.Method == http.MethodPut:
+		var g api.BGPGlobal
+		if e := decodeStrict(r, &g); e != nil {
+			writeError(w, http.StatusBadRequest, *e)
+			return
+		}
+		if a, err := netip.ParseAddr(g.RouterID); err != nil || !a.Is4() {
+			writeError(w, http.StatusBadRequest, api.Error{Code: "invalid", Field: "routerID", Value: g.RouterID, Message: "invalid router ID", Allowed: "an IPv4 address"})
+			return
+		}
+		if g.ASN == 0 || g.ASN == 4294967295 {
+			writeError(w, http.StatusBadRequest, api.Error{Code: "invalid", Field: "asn", Value: strconv.FormatUint(uint64(g.ASN), 10), Message: "invalid asn", Allowed: "1-4294967294"})
+			return
+		}
+		f.bgpGlobal = &g
+		writeJSON(w, http.StatusOK, g)
+	case path == "/v1/bgp" && r.Method == http.MethodDelete:
+		f.bgpGlobal = nil
+		w.WriteHeader(http.StatusNoContent)
+	case path == "/v1/bgp/peers" && r.Method == http.MethodGet:
+		writeJSON(w, http.StatusOK, f.peerList())
+	case path == "/v1/bgp/peers" && r.Method == http.MethodPut:
+		var req api.BGPPeerReplace
+		if e := decodeStrict(r, &req); e != nil {
+			writeError(w, http.StatusBadRequest, *e)
+			return
+		}
+		next := map[string]api.BGPPeer{}
+		for i, p := range req.Items {
+			if e := validPeer(p, fmt.Sprintf("items[%d].", i)); e != nil {
+				writeError(w, http.StatusBadRequest, *e)
+				return
+			}
+			next[p.Address] = p
+		}
+		f.bgpPeers = next
+		writeJSON(w, http.StatusOK, f.peerList())
+	case strings.HasPrefix(path, "/v1/bgp/peers/"):
+		addr := strings.TrimPrefix(path, "/v1/bgp/peers/")
+		switch r.Method {
+		case http.MethodPut:
+			var p api.BGPPeer
+			if e := decodeStrict(r, &p); e != nil {
+				writeError(w, http.StatusBadRequest, *e)
+				return
+			}
+			if p.Address == "" {
+				p.Address = addr
+			}
+			if p.Address != addr {
+				writeError(w, http.StatusBadRequest, api.Error{Code: "invalid", Field: "address", Value: p.Address, Message: "body address differs from the address in the path", Allowed: "empty or " + addr})
+				return
+			}
+			if e := validPeer(p, ""); e != nil {
+				writeError(w, http.StatusBadRequest, *e)
+				return
+			}
+			_, exists := f.bgpPeers[addr]
+			f.bgpPeers[addr] = p
+			code := http.StatusOK
+			if !exists {
+				code = http.StatusCreated
+			}
+			writeJSON(w, code, f.peerStatus(p))
+		case http.MethodDelete:
+			if _, ok := f.bgpPeers[addr]; !ok {
+				writeError(w, http.StatusNotFound, api.Error{Code: "not_found", Field: "address", Value: addr, Message: "bgp peer " + addr + " not found"})
+				return
+			}
+			delete(f.bgpPeers, addr)
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			writeError(w, http.StatusMethodNotAllowed, api.Error{Code: "method_not_allowed", Message: "method not allowed", Allowed: "PUT, DELETE"})
+		}
+	default:
+		writeError(w, http.StatusMethodNotAllowed, api.Error{Code: "method_not_allowed", Message: "method " + r.Method + " not allowed on " + path})
+	}
 }
