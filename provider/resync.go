@@ -139,6 +139,9 @@ func (lb *LoadBalancer) FullSync(ctx context.Context, dps []*dataplane) error {
 		if err != nil {
 			return err
 		}
+		if err := lb.pushBGP(ctx, d); err != nil {
+			return err
+		}
 		d.mu.Lock()
 		d.dirty = false
 		d.mu.Unlock()

@@ -50,6 +50,19 @@ type Dataplane struct {
 	CertFile   string `json:"certFile,omitempty"`
 	KeyFile    string `json:"keyFile,omitempty"`
 	ServerName string `json:"serverName,omitempty"`
+	// BGP holds the per-dataplane BGP settings (required when bgp is set:
+	// every speaker needs its own router ID).
+	BGP *DataplaneBGP `json:"bgp,omitempty"`
+}
+
+// DataplaneBGP are the BGP settings of one dataplane.
+type DataplaneBGP struct {
+	// RouterID is the speaker's IPv4 router ID (unique per dataplane).
+	RouterID string `json:"routerID"`
+	// LocalASN overrides bgp.localASN for this dataplane.
+	LocalASN uint32 `json:"localASN,omitempty"`
+	// Peers are added to bgp.peers for this dataplane only (e.g. its top-of-rack router).
+	Peers []BGPPeer `json:"peers,omitempty"`
 }
 
 // Pool is a set of addresses VIPs are allocated from.
@@ -87,16 +100,32 @@ type Probe struct {
 	SuccessThreshold     uint32   `json:"successThreshold,omitempty"`
 }
 
-// BGP is a typed placeholder (not yet pushed to dataplanes).
+// BGP is pushed to every dataplane (PUT /v1/bgp and /v1/bgp/peers) at the
+// first contact and after every dataplane restart or outage.
 type BGP struct {
 	LocalASN uint32    `json:"localASN"`
 	Peers    []BGPPeer `json:"peers,omitempty"`
+	// Default attributes of every announced VIP (Service annotations win).
+	Communities      []string `json:"communities,omitempty"`
+	LargeCommunities []string `json:"largeCommunities,omitempty"`
+	LocalPref        *uint32  `json:"localPref,omitempty"`
+	MED              *uint32  `json:"med,omitempty"`
 }
 
 // BGPPeer is one BGP neighbour.
 type BGPPeer struct {
 	Address string `json:"address"`
 	ASN     uint32 `json:"asn"`
+	Port    uint16 `json:"port,omitempty"`
+	// MultihopTTL > 0 enables eBGP multihop.
+	MultihopTTL uint8 `json:"multihopTTL,omitempty"`
+	// PasswordFile holds the TCP MD5 password (read at every push, so it can rotate).
+	PasswordFile string   `json:"passwordFile,omitempty"`
+	HoldTime     Duration `json:"holdTime,omitempty"`
+	Keepalive    Duration `json:"keepalive,omitempty"`
+	Passive      bool     `json:"passive,omitempty"`
+	// Families: ipv4-unicast, ipv6-unicast (default: the peer address's family).
+	Families []string `json:"families,omitempty"`
 }
 
 // Success policies.
@@ -289,16 +318,23 @@ func (c *Config) Validate() error {
 	}
 	oneOf("successPolicy", c.SuccessPolicy, successPolicy)
 	if c.BGP != nil {
-		if c.BGP.LocalASN == 0 {
-			add("bgp.localASN: required (allowed: 1-4294967295)")
+		for i, d := range c.Dataplanes {
+			if d.BGP == nil {
+				add("dataplanes[%d].bgp.routerID: required when bgp is set (allowed: an IPv4 address, unique per dataplane)", i)
+				continue
+			}
+			if a, err := netip.ParseAddr(d.BGP.RouterID); err != nil || !a.Is4() {
+				add("dataplanes[%d].bgp.routerID: invalid value %q (allowed: an IPv4 address, unique per dataplane)", i, d.BGP.RouterID)
+			}
+			for j, p := range d.BGP.Peers {
+				validatePeer(fmt.Sprintf("dataplanes[%d].bgp.peers[%d]", i, j), p, add)
+			}
 		}
 		for i, p := range c.BGP.Peers {
-			if _, err := netip.ParseAddr(p.Address); err != nil {
-				add("bgp.peers[%d].address: invalid IP %q", i, p.Address)
-			}
-			if p.ASN == 0 {
-				add("bgp.peers[%d].asn: required (allowed: 1-4294967295)", i)
-			}
+			validatePeer(fmt.Sprintf("bgp.peers[%d]", i), p, add)
+		}
+		if c.BGP.LocalASN == 0 {
+			add("bgp.localASN: required (allowed: 1-4294967295)")
 		}
 	}
 	return errors.Join(errs...)
@@ -405,4 +441,21 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
+}
+
+func validatePeer(key string, p BGPPeer, add func(string, ...any)) {
+	if _, err := netip.ParseAddr(p.Address); err != nil {
+		add("%s.address: invalid IP %q", key, p.Address)
+	}
+	if p.ASN == 0 {
+		add("%s.asn: required (allowed: 1-4294967295)", key)
+	}
+	if p.HoldTime.Duration != 0 && (p.HoldTime.Duration < 3*time.Second || p.HoldTime.Duration > 65535*time.Second) {
+		add("%s.holdTime: invalid value %s (allowed: 3s-65535s)", key, p.HoldTime.Duration)
+	}
+	for _, f := range p.Families {
+		if f != "ipv4-unicast" && f != "ipv6-unicast" {
+			add("%s.families: invalid value %q (allowed: ipv4-unicast, ipv6-unicast)", key, f)
+		}
+	}
 }

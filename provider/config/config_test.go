@@ -13,8 +13,10 @@ dataplanes:
   endpoint: https://10.0.0.1:8443
   tokenFile: /etc/xlb/token
   caFile: /etc/xlb/ca.crt
+  bgp: {routerID: 10.0.0.1}
 - name: lb2
   endpoint: http://10.0.0.2:8080
+  bgp: {routerID: 10.0.0.2, peers: [{address: 10.0.1.254, asn: 64514, passwordFile: /etc/xlb/tor.pw}]}
 pools:
 - name: main
   cidrs: [192.0.2.0/24, "2001:db8::/120"]
@@ -30,7 +32,8 @@ resyncPeriod: 2m
 successPolicy: quorum
 bgp:
   localASN: 64512
-  peers: [{address: 10.0.0.254, asn: 64513}]
+  peers: [{address: 10.0.0.254, asn: 64513, holdTime: 9s}]
+  communities: ["64512:100"]
 `
 
 func TestParseValid(t *testing.T) {
@@ -96,6 +99,8 @@ func TestParseErrors(t *testing.T) {
 		{"policy", base + "successPolicy: most\n", "successPolicy: invalid value \"most\" (allowed: all, quorum, any)"},
 		{"bgp asn", base + "bgp: {peers: [{address: 1.2.3.4, asn: 1}]}\n", "bgp.localASN"},
 		{"bgp peer", base + "bgp: {localASN: 1, peers: [{address: x, asn: 1}]}\n", "bgp.peers[0].address"},
+		{"bgp router id", base + "bgp: {localASN: 1}\n", "dataplanes[0].bgp.routerID"},
+		{"bgp hold", base + "bgp: {localASN: 1, peers: [{address: 1.2.3.4, asn: 1, holdTime: 1s}]}\n", "bgp.peers[0].holdTime"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
