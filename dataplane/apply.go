@@ -3,10 +3,18 @@ package dataplane
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -23,10 +31,13 @@ import (
 // established flows of surviving backends, are kept.
 //
 // Writes are ordered so that the datapath never sees a half-built service:
-// backends first, then a complete new selection table swapped in, then the
-// service entry; removals delete the service entry first. If a map write
-// fails, Apply returns the error; the services touched so far are applied
-// and the failed one is rewritten in full by the next Apply.
+// backends first, then complete new selection tables swapped in, then the
+// service entries; removals delete the service entry first. Each step is
+// one pass over all services, with batched map operations (the kernel
+// waits for an RCU grace period after every write to sel_tables, a
+// map-in-map: one batch per 1024 tables instead of one wait per service).
+// If a map write fails, Apply returns the error; the services it was
+// writing are rewritten in full by the next Apply.
 func (d *Dataplane) Apply(ctx context.Context, desired []Service) (res ApplyResult, err error) {
 	norm, err := d.validateSet(desired)
 	if err != nil {
@@ -74,7 +85,7 @@ func (d *Dataplane) Apply(ctx context.Context, desired []Service) (res ApplyResu
 	defer func() { res.Writes = w.n }()
 
 	wantVIP := map[xlbVipKey]uint32{}
-	want := map[xlbSvcKey]bool{}
+	want := make(map[xlbSvcKey]bool, len(norm))
 	for _, s := range norm {
 		k := svcKeyOf(s)
 		want[k] = true
@@ -89,28 +100,32 @@ func (d *Dataplane) Apply(ctx context.Context, desired []Service) (res ApplyResu
 			d.vipCount[k] = n
 		}
 	}
+	plans := make([]*svcPlan, 0, len(norm))
 	for _, s := range norm {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("apply: %w", err)
 		}
-		k := svcKeyOf(s)
-		created := d.svcs[k] == nil
 		var id uint32
-		if created {
+		if d.svcs[svcKeyOf(s)] == nil {
 			id, svcIDs = svcIDs[0], svcIDs[1:]
 		}
-		before := w.n
-		renamed, err := d.upsert(w, s, id, &beIDs)
+		p, err := d.prepare(s, id, &beIDs)
 		if err != nil {
 			return res, fmt.Errorf("apply service %q: %w", s.Name, err)
 		}
+		plans = append(plans, p)
+	}
+	if err := d.commit(ctx, w, plans); err != nil {
+		return res, fmt.Errorf("apply: %w", err)
+	}
+	for _, p := range plans {
 		switch {
-		case created:
-			res.Created = append(res.Created, s.Name)
-		case w.n > before || renamed:
-			res.Updated = append(res.Updated, s.Name)
+		case p.created:
+			res.Created = append(res.Created, p.st.name)
+		case p.writes > 0 || p.renamed:
+			res.Updated = append(res.Updated, p.st.name)
 		default:
-			res.Unchanged = append(res.Unchanged, s.Name)
+			res.Unchanged = append(res.Unchanged, p.st.name)
 		}
 	}
 	var gone []*svcState
@@ -120,10 +135,10 @@ func (d *Dataplane) Apply(ctx context.Context, desired []Service) (res ApplyResu
 		}
 	}
 	slices.SortFunc(gone, func(a, b *svcState) int { return cmp.Compare(a.id, b.id) })
+	if err := d.remove(w, gone); err != nil {
+		return res, fmt.Errorf("remove services: %w", err)
+	}
 	for _, st := range gone {
-		if err := d.remove(w, st); err != nil {
-			return res, fmt.Errorf("remove service %q: %w", st.name, err)
-		}
 		res.Deleted = append(res.Deleted, st.name)
 	}
 	for k, n := range d.vipCount {
@@ -170,40 +185,66 @@ func (d *Dataplane) SetBackendState(ctx context.Context, service string, addr ne
 	}
 	w := &mapWriter{}
 	ids := []uint32(nil)
-	if _, err := d.upsert(w, st.spec, 0, &ids); err != nil {
+	p, err := d.prepare(st.spec, 0, &ids)
+	if err == nil {
+		err = d.commit(ctx, w, []*svcPlan{p})
+	}
+	if err != nil {
 		return fmt.Errorf("set backend state of %s in %q: %w", ap, service, err)
 	}
 	return nil
 }
 
-// upsert writes one service. id is the id for a new service; beIDs supplies
-// ids for new backends. It reports whether only the name changed.
-func (d *Dataplane) upsert(w *mapWriter, s Service, id uint32, beIDs *[]uint32) (renamed bool, err error) {
+// svcPlan is what one Apply writes for one service. prepare fills the
+// backend part and updates the Go view; commit builds the tables, diffs
+// the rest and performs the writes of all services step by step.
+type svcPlan struct {
+	st               *svcState
+	forced           bool // rewrite everything (the maps may hold a mix)
+	created, renamed bool
+	beIDs            []uint32 // backend entries to write
+	beVals           []xlbBackend
+	selectable       []tableBackend
+	wantAllow        []xlbAllowKey
+	inner            *ebpf.Map // new selection table to swap in (nil: unchanged)
+	info             xlbSvcInfo
+	writeInfo        bool
+	allowAdd         []xlbAllowKey
+	allowDel         []xlbAllowKey
+	writes           int // map writes for this service, for ApplyResult
+}
+
+// prepare matches one desired service to the installed one (creating it
+// with id if new; beIDs supplies ids for new backends), updates the Go view
+// and returns the writes of its backends. The service stays dirty until
+// commit has written everything.
+func (d *Dataplane) prepare(s Service, id uint32, beIDs *[]uint32) (*svcPlan, error) {
 	key := svcKeyOf(s)
 	st := d.svcs[key]
+	p := &svcPlan{}
 	if st == nil {
 		st = &svcState{key: key, id: id, backends: map[netip.AddrPort]*beState{}, dirty: true}
 		d.svcIDs.take(id)
 		d.svcs[key] = st
 		d.byID[id] = st
+		p.created = true
 	}
+	p.st = st
 	if st.name != s.Name {
 		if d.byName[st.name] == st {
 			delete(d.byName, st.name)
 		}
-		renamed = st.name != ""
+		p.renamed = st.name != ""
 		st.name = s.Name
 	}
 	d.byName[s.Name] = st
 	st.spec = s
-	// Until this function returns successfully the maps may hold a mix of
-	// old and new: the next Apply must rewrite everything.
-	forced := st.dirty
+	// Until commit returns successfully the maps may hold a mix of old and
+	// new: the next Apply must rewrite everything.
+	p.forced = st.dirty
 	st.dirty = true
 
-	// 1. Backends.
 	next := make(map[netip.AddrPort]*beState, len(s.Backends))
-	var selectable []tableBackend
 	for _, b := range s.Backends {
 		ap := netip.AddrPortFrom(b.Addr, b.Port)
 		old := st.backends[ap]
@@ -212,7 +253,7 @@ func (d *Dataplane) upsert(w *mapWriter, s Service, id uint32, beIDs *[]uint32) 
 			be.id, be.val.Gen = old.id, old.val.Gen
 		} else {
 			if len(*beIDs) == 0 {
-				return renamed, errors.New("no backend id left")
+				return nil, errors.New("no backend id left")
 			}
 			be.id, *beIDs = (*beIDs)[0], (*beIDs)[1:]
 			// A new generation makes the datapath ignore conntrack and
@@ -226,53 +267,67 @@ func (d *Dataplane) upsert(w *mapWriter, s Service, id uint32, beIDs *[]uint32) 
 		be.val.State = d.effectiveState(st.key, ap, b)
 		be.val.Weight = b.Weight
 		be.val.SvcId = st.id
-		if forced || old == nil || old.val != be.val {
-			if err := w.put(d.objs.Backends, "backends", be.id, be.val); err != nil {
-				return renamed, err
-			}
+		if p.forced || old == nil || old.val != be.val {
+			p.beIDs = append(p.beIDs, be.id)
+			p.beVals = append(p.beVals, be.val)
 			d.beGen[be.id] = be.val.Gen
 		}
 		next[ap] = &be
 		if be.val.State == beStateActive {
-			selectable = append(selectable, tableBackend{id: be.id, key: ap.String(), weight: b.Weight})
+			p.selectable = append(p.selectable, tableBackend{id: be.id, key: ap.String(), weight: b.Weight})
 		}
 	}
 	// Deterministic table order whatever the order of the input.
-	slices.SortFunc(selectable, func(a, b tableBackend) int { return cmp.Compare(a.key, b.key) })
-	// Backends that leave are freed only after the new table is in place.
-	var leaving []*beState
+	slices.SortFunc(p.selectable, func(a, b tableBackend) int { return cmp.Compare(a.key, b.key) })
+	// Backends that leave are freed only after the new table is in place
+	// (st.leaving also keeps those a failed commit did not free).
 	for ap, be := range st.backends {
 		if next[ap] == nil {
-			leaving = append(leaving, be)
+			st.leaving = append(st.leaving, be)
 			delete(d.health, beRef{svc: st.key, addr: ap})
 		}
 	}
 	st.backends = next
+	return p, nil
+}
 
-	// 2. Allow-list additions (before the flag that makes the datapath
-	// consult them).
-	wantAllow := allowKeys(st.id, s.SourceRanges)
-	for _, k := range wantAllow {
-		if forced || !slices.Contains(st.allow, k) {
-			if err := w.put(d.objs.AllowList, "allow_list", k, uint8(1)); err != nil {
-				return renamed, err
-			}
+// diffAllow computes the allow-list changes of a plan.
+func (d *Dataplane) diffAllow(p *svcPlan) {
+	st := p.st
+	p.wantAllow = allowKeys(st.id, st.spec.SourceRanges)
+	for _, k := range p.wantAllow {
+		if p.forced || !slices.Contains(st.allow, k) {
+			p.allowAdd = append(p.allowAdd, k)
 		}
 	}
+	for _, k := range st.allow {
+		if !slices.Contains(p.wantAllow, k) {
+			p.allowDel = append(p.allowDel, k)
+		}
+	}
+}
 
-	// 3. Selection table: a complete new inner map, swapped in atomically.
-	table, err := buildSelTable(s.Algorithm, selectable, d.cfg.MaglevSeed)
+// buildTable builds the selection table of a plan and, when it differs
+// from the installed one, a new inner map holding it; it also computes the
+// service entry (its sel_len is the table length). It touches only the
+// plan's own service, so plans are built in parallel.
+func (d *Dataplane) buildTable(p *svcPlan) error {
+	st, s := p.st, p.st.spec
+	table, err := buildSelTable(s.Algorithm, p.selectable, len(s.Backends), d.cfg.MaglevSeed, d.cfg.MaglevMinTableSize)
 	if err != nil {
-		return renamed, err
+		return err
 	}
-	if forced || !slices.Equal(table, st.table) {
-		if err := d.swapTable(w, st.id, table, st.info.SelLen); err != nil {
-			return renamed, err
+	sum := tableSum(table)
+	if p.forced || sum != st.tableSum {
+		// Padded to the longest sel_len the services map may hold for
+		// this service, so a CPU that read the old svc_info still finds a
+		// valid backend at any index it computes.
+		p.inner, err = d.newTable(table, max(1, len(table), int(st.selLenMax)), sum)
+		if err != nil {
+			return err
 		}
-		st.table = table
+		st.tableSum = sum
 	}
-
-	// 4. The service entry.
 	info := xlbSvcInfo{
 		Id:               st.id,
 		NatMode:          natCodes[s.NATMode],
@@ -291,118 +346,280 @@ func (d *Dataplane) upsert(w *mapWriter, s Service, id uint32, beIDs *[]uint32) 
 	if s.SNATAddr.IsValid() {
 		info.SnatAddr = addrToBE(s.SNATAddr)
 	}
-	if forced || info != st.info {
-		if err := w.put(d.objs.Services, "services", st.key, info); err != nil {
-			return renamed, err
-		}
+	if p.forced || info != st.info {
+		p.info, p.writeInfo = info, true
 		st.info = info
+		st.selLenMax = max(st.selLenMax, info.SelLen)
+	}
+	return nil
+}
+
+// tablesPerBatch bounds the selection tables built (and open as file
+// descriptors) before they are swapped in with one batch update.
+const tablesPerBatch = 1024
+
+// buildTables runs buildTable over plans with one worker per CPU (a
+// Maglev table of 16381 slots takes ~0.5 ms to compute and ~2 ms for the
+// kernel to fill).
+func (d *Dataplane) buildTables(ctx context.Context, plans []*svcPlan) error {
+	errs := make([]error, len(plans))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(plans)/16))
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(plans) || ctx.Err() != nil {
+					return
+				}
+				errs[i] = d.buildTable(plans[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for i, err := range errs {
+		if err != nil {
+			return fmt.Errorf("service %q: %w", plans[i].st.name, err)
+		}
+	}
+	return nil
+}
+
+// commit writes the plans, one step over all services at a time:
+// backends, allow-list additions, tables, service entries, allow-list
+// removals, backends that left. On success the services are clean.
+func (d *Dataplane) commit(ctx context.Context, w *mapWriter, plans []*svcPlan) error {
+	// 1. Backends.
+	var ids []uint32
+	var vals []xlbBackend
+	for _, p := range plans {
+		ids = append(ids, p.beIDs...)
+		vals = append(vals, p.beVals...)
+		p.writes += len(p.beIDs)
+	}
+	if err := w.putBatch(d.objs.Backends, "backends", ids, vals); err != nil {
+		return err
+	}
+
+	// 2. Allow-list additions (before the flag that makes the datapath
+	// consult them). The LPM trie has no batch operations.
+	for _, p := range plans {
+		d.diffAllow(p)
+		for _, k := range p.allowAdd {
+			if err := w.put(d.objs.AllowList, "allow_list", k, uint8(1)); err != nil {
+				return fmt.Errorf("service %q: %w", p.st.name, err)
+			}
+		}
+		p.writes += len(p.allowAdd)
+	}
+
+	// 3. Selection tables: complete new inner maps, swapped in.
+	for rest := plans; len(rest) > 0; {
+		chunk := rest[:min(len(rest), tablesPerBatch)]
+		rest = rest[len(chunk):]
+		if err := d.swapTables(ctx, w, chunk); err != nil {
+			return err
+		}
+	}
+
+	// 4. Service entries.
+	var keys []xlbSvcKey
+	var infos []xlbSvcInfo
+	for _, p := range plans {
+		if p.writeInfo {
+			keys = append(keys, p.st.key)
+			infos = append(infos, p.info)
+			p.writes++
+		}
+	}
+	if err := w.putBatch(d.objs.Services, "services", keys, infos); err != nil {
+		return err
 	}
 
 	// 5. Allow-list removals, then backends that left.
-	for _, k := range st.allow {
-		if !slices.Contains(wantAllow, k) {
+	var leaving []*beState
+	for _, p := range plans {
+		for _, k := range p.allowDel {
 			if err := w.del(d.objs.AllowList, "allow_list", k); err != nil {
-				return renamed, err
+				return fmt.Errorf("service %q: %w", p.st.name, err)
 			}
 		}
+		p.st.allow = p.wantAllow
+		p.writes += len(p.allowDel) + 3*len(p.st.leaving)
+		leaving = append(leaving, p.st.leaving...)
 	}
-	st.allow = wantAllow
 	slices.SortFunc(leaving, func(a, b *beState) int { return cmp.Compare(a.id, b.id) })
-	for _, be := range leaving {
-		if err := d.freeBackend(w, be); err != nil {
-			return renamed, err
-		}
+	if err := d.freeBackends(w, leaving); err != nil {
+		return err
 	}
-	st.dirty = false
-	return renamed, nil
+	for _, p := range plans {
+		p.st.leaving = nil
+		p.st.dirty = false
+		p.st.selLenMax = p.st.info.SelLen
+	}
+	return nil
 }
 
-// remove deletes one service: its entry first, so no new flow selects it,
-// then its table, allow-list entries and backends; counters are zeroed so
-// that the ids start clean when reused.
-func (d *Dataplane) remove(w *mapWriter, st *svcState) error {
-	if err := w.del(d.objs.Services, "services", st.key); err != nil {
+// swapTables builds the tables of plans and swaps the changed ones into
+// sel_tables with one batch update (the kernel waits for an RCU grace
+// period once per update of a map-in-map, batch or not).
+func (d *Dataplane) swapTables(ctx context.Context, w *mapWriter, plans []*svcPlan) error {
+	defer func() {
+		for _, p := range plans {
+			if p.inner != nil {
+				p.inner.Close() // sel_tables holds its own reference
+				p.inner = nil
+			}
+		}
+	}()
+	if err := d.buildTables(ctx, plans); err != nil {
 		return err
 	}
-	if err := w.del(d.objs.SelTables, "sel_tables", st.id); err != nil {
+	var ids, fds []uint32
+	for _, p := range plans {
+		if p.inner != nil {
+			ids = append(ids, p.st.id)
+			fds = append(fds, uint32(p.inner.FD()))
+			p.writes++
+		}
+	}
+	return w.putBatch(d.objs.SelTables, "sel_tables", ids, fds)
+}
+
+// remove deletes services: their entries first, so no new flow selects
+// them, then their tables, allow-list entries and backends; counters are
+// zeroed so that the ids start clean when reused.
+func (d *Dataplane) remove(w *mapWriter, gone []*svcState) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	for _, st := range gone {
+		st.dirty = true
+		if err := w.del(d.objs.Services, "services", st.key); err != nil {
+			return fmt.Errorf("service %q: %w", st.name, err)
+		}
+	}
+	// A deleted sel_tables entry costs a grace period per key (there is no
+	// batch delete for map-in-map); pointing the ids at one shared empty
+	// table costs one per batch and frees the old tables all the same.
+	// Nothing reads sel_tables[id] of an id that has no service entry.
+	if err := d.clearTables(w, gone); err != nil {
 		return err
 	}
-	for _, k := range st.allow {
-		if err := w.del(d.objs.AllowList, "allow_list", k); err != nil {
-			return err
+	var leaving []*beState
+	for _, st := range gone {
+		for _, k := range st.allow {
+			if err := w.del(d.objs.AllowList, "allow_list", k); err != nil {
+				return fmt.Errorf("service %q: %w", st.name, err)
+			}
 		}
-	}
-	ids := make([]*beState, 0, len(st.backends))
-	for _, be := range st.backends {
-		ids = append(ids, be)
-	}
-	slices.SortFunc(ids, func(a, b *beState) int { return cmp.Compare(a.id, b.id) })
-	for _, be := range ids {
-		if err := d.freeBackend(w, be); err != nil {
-			return err
+		st.allow = nil
+		for _, be := range st.backends {
+			leaving = append(leaving, be)
 		}
+		leaving = append(leaving, st.leaving...)
 	}
-	for ref := range d.health {
-		if ref.svc == st.key {
-			delete(d.health, ref)
-		}
+	slices.SortFunc(leaving, func(a, b *beState) int { return cmp.Compare(a.id, b.id) })
+	if err := d.freeBackends(w, leaving); err != nil {
+		return err
 	}
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return err
 	}
-	if err := w.put(d.objs.SvcStats, "svc_stats", st.id, make([]xlbSvcCounters, ncpu)); err != nil {
+	ids := make([]uint32, len(gone))
+	for i, st := range gone {
+		ids[i] = st.id
+	}
+	if err := w.putBatch(d.objs.SvcStats, "svc_stats", ids, make([]xlbSvcCounters, len(ids)*ncpu)); err != nil {
 		return err
 	}
-	if err := w.put(d.objs.RrCursor, "rr_cursor", st.id, make([]uint32, ncpu)); err != nil {
+	if err := w.putBatch(d.objs.RrCursor, "rr_cursor", ids, make([]uint32, len(ids)*ncpu)); err != nil {
 		return err
 	}
-	delete(d.svcs, st.key)
-	delete(d.byID, st.id)
-	if d.byName[st.name] == st {
-		delete(d.byName, st.name)
+	for _, st := range gone {
+		st.backends, st.leaving = nil, nil
+		for ref := range d.health {
+			if ref.svc == st.key {
+				delete(d.health, ref)
+			}
+		}
+		delete(d.svcs, st.key)
+		delete(d.byID, st.id)
+		if d.byName[st.name] == st {
+			delete(d.byName, st.name)
+		}
+		d.svcIDs.release(st.id)
 	}
-	d.svcIDs.release(st.id)
 	return nil
 }
 
-// freeBackend marks an id unused (keeping its generation so that its next
-// owner gets a higher one) and zeroes its counters.
-func (d *Dataplane) freeBackend(w *mapWriter, be *beState) error {
-	if err := w.put(d.objs.Backends, "backends", be.id, xlbBackend{Gen: be.val.Gen}); err != nil {
-		return err
+// freeBackends marks ids unused (keeping their generation so that the next
+// owner gets a higher one) and zeroes their counters.
+func (d *Dataplane) freeBackends(w *mapWriter, bes []*beState) error {
+	if len(bes) == 0 {
+		return nil
 	}
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return err
 	}
-	if err := w.put(d.objs.BackendStats, "backend_stats", be.id, make([]xlbBackendCounters, ncpu)); err != nil {
+	ids := make([]uint32, len(bes))
+	vals := make([]xlbBackend, len(bes))
+	for i, be := range bes {
+		ids[i] = be.id
+		vals[i] = xlbBackend{Gen: be.val.Gen}
+	}
+	if err := w.putBatch(d.objs.Backends, "backends", ids, vals); err != nil {
 		return err
 	}
-	if err := w.put(d.objs.BackendActive, "backend_active", be.id, int64(0)); err != nil {
+	if err := w.putBatch(d.objs.BackendStats, "backend_stats", ids, make([]xlbBackendCounters, len(ids)*ncpu)); err != nil {
 		return err
 	}
-	d.beGen[be.id] = be.val.Gen
-	d.beIDs.release(be.id)
+	if err := w.putBatch(d.objs.BackendActive, "backend_active", ids, make([]int64, len(ids))); err != nil {
+		return err
+	}
+	for _, be := range bes {
+		d.beGen[be.id] = be.val.Gen
+		d.beIDs.release(be.id)
+	}
 	return nil
 }
 
-// swapTable builds a new inner map holding table and swaps it into
-// sel_tables[id]. The inner map is at least as long as the old sel_len,
-// padded by repeating the table, so a CPU that read the old svc_info (and
-// its sel_len) before the service entry is rewritten still finds a valid
-// backend at any index it computes.
-func (d *Dataplane) swapTable(w *mapWriter, id uint32, table []uint32, oldLen uint32) error {
-	n := max(1, len(table), int(oldLen))
+// clearTables points sel_tables[id] of removed services at an empty table.
+func (d *Dataplane) clearTables(w *mapWriter, gone []*svcState) error {
+	empty, err := d.newTable(nil, 1, tableSum(nil))
+	if err != nil {
+		return err
+	}
+	defer empty.Close()
+	ids := make([]uint32, len(gone))
+	fds := make([]uint32, len(gone))
+	for i, st := range gone {
+		ids[i], fds[i] = st.id, uint32(empty.FD())
+	}
+	return w.putBatch(d.objs.SelTables, "sel_tables", ids, fds)
+}
+
+// newTable creates an inner map of n entries holding table repeated (all
+// zero, "no backend", when table is empty). Its name carries the table's
+// sum (tableName), so that a restarted xlbd knows what a pinned table holds
+// without reading it.
+func (d *Dataplane) newTable(table []uint32, n int, sum uint64) (*ebpf.Map, error) {
 	spec := d.innerSpec.Copy()
-	spec.Name = "xlb_sel"
+	spec.Name = tableName(sum)
 	spec.MaxEntries = uint32(n)
 	spec.Pinning = ebpf.PinNone
 	inner, err := ebpf.NewMap(spec)
 	if err != nil {
-		return fmt.Errorf("create selection table (%d entries): %w", n, err)
+		return nil, fmt.Errorf("create selection table (%d entries): %w", n, err)
 	}
-	defer inner.Close() // sel_tables holds its own reference
 	if len(table) > 0 {
 		keys := make([]uint32, n)
 		vals := make([]uint32, n)
@@ -411,10 +628,41 @@ func (d *Dataplane) swapTable(w *mapWriter, id uint32, table []uint32, oldLen ui
 			vals[i] = table[i%len(table)]
 		}
 		if _, err := inner.BatchUpdate(keys, vals, nil); err != nil {
-			return fmt.Errorf("fill selection table: %w", err)
+			inner.Close()
+			return nil, fmt.Errorf("fill selection table: %w", err)
 		}
 	}
-	return w.put(d.objs.SelTables, "sel_tables", id, inner)
+	return inner, nil
+}
+
+// tableSum identifies the content of a selection table (its length and
+// entries) in 52 bits: Go keeps the sum, not the table (a Maglev table is
+// 64 KiB), and compares sums to decide whether a table must be swapped.
+func tableSum(table []uint32) uint64 {
+	h := sha256.New()
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], uint32(len(table)))
+	h.Write(b[:])
+	buf := make([]byte, 4*len(table))
+	for i, v := range table {
+		binary.LittleEndian.PutUint32(buf[4*i:], v)
+	}
+	h.Write(buf)
+	return binary.BigEndian.Uint64(h.Sum(nil)) >> 12
+}
+
+// tableName is the kernel name of a selection table with sum: "xs" and 13
+// hex digits (map names hold 15 characters).
+func tableName(sum uint64) string { return fmt.Sprintf("xs%013x", sum) }
+
+// parseTableName returns the sum carried by a selection table's name.
+func parseTableName(name string) (uint64, bool) {
+	hexSum, ok := strings.CutPrefix(name, "xs")
+	if !ok || len(hexSum) != 13 {
+		return 0, false
+	}
+	sum, err := strconv.ParseUint(hexSum, 16, 64)
+	return sum, err == nil
 }
 
 func (d *Dataplane) effectiveState(svc xlbSvcKey, ap netip.AddrPort, b Backend) uint8 {
@@ -456,6 +704,21 @@ func (w *mapWriter) put(m *ebpf.Map, name string, k, v any) error {
 		return fmt.Errorf("write map %s: %w", name, err)
 	}
 	w.n++
+	return nil
+}
+
+// putBatch writes keys[i] → vals[i] (vals: per-CPU maps take len(keys) ×
+// CPUs values) in one batch; each entry counts as one write.
+func (w *mapWriter) putBatch(m *ebpf.Map, name string, keys, vals any) error {
+	n := reflect.ValueOf(keys).Len()
+	if n == 0 {
+		return nil
+	}
+	done, err := m.BatchUpdate(keys, vals, nil)
+	w.n += done
+	if err != nil {
+		return fmt.Errorf("write map %s (batch of %d): %w", name, n, err)
+	}
 	return nil
 }
 

@@ -14,6 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/xlb-dev/xlb/dataplane/maglev"
 )
 
 // Config configures a Dataplane. Zero values take the documented defaults.
@@ -48,6 +50,15 @@ type Config struct {
 	// hash. Every node of a cluster must use the same seed so that a flow
 	// lands on the same backend whichever node receives it.
 	MaglevSeed uint32
+	// MaglevMinTableSize is the smallest Maglev table, in slots (default
+	// 16381, one of maglev.Sizes()). A table has the smallest listed size
+	// ≥ max(MaglevMinTableSize, 200 × configured backends). Each slot costs
+	// 8 bytes of kernel memory (128 KiB per service at 16381). Smaller
+	// tables save memory but removing a backend moves more flows of the
+	// surviving ones (docs/datapath.md). Changing it reshuffles the tables
+	// of the services it applies to, and every node of a cluster must use
+	// the same value (like MaglevSeed).
+	MaglevMinTableSize uint32
 	// TCPClosingTimeout is the conntrack lifetime after FIN/RST (default 10s).
 	TCPClosingTimeout time.Duration
 	// Logger receives operational messages (default slog.Default()).
@@ -119,8 +130,15 @@ type svcState struct {
 	id       uint32
 	info     xlbSvcInfo
 	backends map[netip.AddrPort]*beState
-	table    []uint32
+	tableSum uint64 // tableSum of the installed selection table
 	allow    []xlbAllowKey
+	// selLenMax is the largest sel_len the services map may hold for this
+	// service (a failed Apply may or may not have written the new one);
+	// new tables are padded to it.
+	selLenMax uint32
+	// leaving are backends no longer desired, freed once the table
+	// without them is in place.
+	leaving []*beState
 	// dirty forces a rewrite of everything on the next Apply (set after a
 	// failed write left the maps in an unknown state).
 	dirty bool
@@ -139,6 +157,10 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 	cfg = withDefaults(cfg)
 	if cfg.Hook != HookTCX && cfg.Hook != HookXDP {
 		return nil, fmt.Errorf("config hook %q: allowed tcx, xdp", cfg.Hook)
+	}
+	if !maglev.ValidMinSize(cfg.MaglevMinTableSize) {
+		return nil, fmt.Errorf("config maglevMinTableSize %d: allowed 0 (default %d) or one of %s",
+			cfg.MaglevMinTableSize, maglev.DefaultMinSize, maglev.SizesString())
 	}
 	spec, err := loadXlb()
 	if err != nil {
@@ -245,6 +267,9 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.MaxBackends <= 1 {
 		cfg.MaxBackends = DefaultMaxBackends
+	}
+	if cfg.MaglevMinTableSize == 0 {
+		cfg.MaglevMinTableSize = maglev.DefaultMinSize
 	}
 	if cfg.TCPClosingTimeout <= 0 {
 		cfg.TCPClosingTimeout = DefaultTCPClosingTimeout

@@ -60,7 +60,7 @@ func (d *Dataplane) restore(ctx context.Context) error {
 			d.log.Warn("ignoring pinned service with an invalid id", "id", info.Id)
 			continue
 		}
-		st := &svcState{key: key, id: info.Id, info: info, backends: map[netip.AddrPort]*beState{}, allow: allow[info.Id]}
+		st := &svcState{key: key, id: info.Id, info: info, selLenMax: info.SelLen, backends: map[netip.AddrPort]*beState{}, allow: allow[info.Id]}
 		st.spec = Service{
 			VIP:             beToAddr(key.Vip, key.Family),
 			Port:            ntohs(key.Port),
@@ -91,7 +91,7 @@ func (d *Dataplane) restore(ctx context.Context) error {
 			}
 			st.spec.SourceRanges = append(st.spec.SourceRanges, netip.PrefixFrom(a, bits))
 		}
-		st.name = fmt.Sprintf("%s/%s", netip.AddrPortFrom(st.spec.VIP, st.spec.Port), st.spec.Protocol)
+		st.name = RestoredName(st.spec.VIP, st.spec.Port, st.spec.Protocol)
 		st.spec.Name = st.name
 		for _, be := range bySvc[info.Id] {
 			be := be
@@ -101,22 +101,21 @@ func (d *Dataplane) restore(ctx context.Context) error {
 			b := Backend{Addr: ap.Addr(), Port: ap.Port(), Weight: be.val.Weight}
 			switch {
 			case be.val.State == beStateDown:
-				// Whether "down" came from the spec or from the health
-				// checker is not recorded; keep it as a health override
-				// so the next Apply leaves it down until the checker
-				// says otherwise.
-				d.health[beRef{svc: key, addr: ap}] = beStateDown
+				// Restored as part of the spec, not as a SetBackendState
+				// override: the caller's next Apply says what it is now
+				// (xlbd seeds its prober with this state, see Stats).
+				b.State = BackendDown
 			case be.val.State == beStateDraining && be.val.Weight > 0:
 				b.State = BackendDraining
 			}
 			st.spec.Backends = append(st.spec.Backends, b)
 		}
-		table, err := d.readTable(info.Id, info.SelLen)
+		sum, err := d.readTableSum(info.Id, info.SelLen)
 		if err != nil {
 			d.log.Warn("selection table unreadable; it will be rebuilt", "service", st.name, "err", err)
 			st.dirty = true
 		}
-		st.table = table
+		st.tableSum = sum
 		d.svcIDs.take(info.Id)
 		d.svcs[key] = st
 		d.byID[info.Id] = st
@@ -151,6 +150,31 @@ func (d *Dataplane) restore(ctx context.Context) error {
 	return nil
 }
 
+// readTableSum returns the tableSum of sel_tables[id]: from the inner
+// map's name when xlbd created it (one syscall instead of reading up to a
+// million entries), else from its first n entries.
+func (d *Dataplane) readTableSum(id, n uint32) (uint64, error) {
+	if n == 0 {
+		return tableSum(nil), nil
+	}
+	var inner *ebpf.Map
+	if err := d.objs.SelTables.Lookup(id, &inner); err != nil {
+		return 0, fmt.Errorf("read sel_tables[%d]: %w", id, err)
+	}
+	info, err := inner.Info()
+	inner.Close()
+	if err == nil && inner.MaxEntries() >= n {
+		if sum, ok := parseTableName(info.Name); ok {
+			return sum, nil
+		}
+	}
+	table, err := d.readTable(id, n)
+	if err != nil {
+		return 0, err
+	}
+	return tableSum(table), nil
+}
+
 func (d *Dataplane) readTable(id, n uint32) ([]uint32, error) {
 	if n == 0 {
 		return nil, nil
@@ -178,4 +202,11 @@ func (d *Dataplane) readTable(id, n uint32) ([]uint32, error) {
 		}
 	}
 	return out[:n], nil
+}
+
+// RestoredName is the name a service read back from pinned maps carries
+// until the first Apply names it ("VIP:PORT/PROTO"): the maps do not store
+// the caller's names, so callers match restored services by this key.
+func RestoredName(vip netip.Addr, port uint16, proto Protocol) string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(vip, port), proto)
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/xlb-dev/xlb/dataplane/maglev"
 )
 
 // flowCountMaxAge bounds how old the per-service flow counts of the last
@@ -288,7 +287,7 @@ func (d *Dataplane) Memory(ctx context.Context) (MemoryCost, error) {
 		mc.PerBackend += perEntry(n)
 	}
 	spec := d.innerSpec.Copy()
-	spec.MaxEntries = maglev.MinSize
+	spec.MaxEntries = d.cfg.MaglevMinTableSize
 	spec.Pinning = ebpf.PinNone
 	tmp, err := ebpf.NewMap(spec)
 	if err != nil {

@@ -22,7 +22,11 @@ type tableBackend struct {
 // buildSelTable returns the selection table of one service for its
 // algorithm: backend ids, in the layout the datapath expects (see
 // struct sel_inner in bpf/xlb_maps.h). An empty result means "no backend".
-func buildSelTable(algo Algorithm, bs []tableBackend, seed uint32) ([]uint32, error) {
+// A Maglev table's size depends only on configured, the number of backends
+// the service is configured with (selectable or not), and the minimum size,
+// so that a backend going down or draining never changes the size (which
+// would reshuffle every slot).
+func buildSelTable(algo Algorithm, bs []tableBackend, configured int, seed, maglevMin uint32) ([]uint32, error) {
 	if len(bs) == 0 {
 		return nil, nil
 	}
@@ -32,7 +36,11 @@ func buildSelTable(algo Algorithm, bs []tableBackend, seed uint32) ([]uint32, er
 		for i, b := range bs {
 			in[i] = maglev.Backend{Key: b.key, Weight: b.weight}
 		}
-		idx, err := maglev.Build(in, seed)
+		size, err := maglev.TableSizeMin(max(configured, len(bs)), maglevMin)
+		if err != nil {
+			return nil, fmt.Errorf("build maglev table: %w", err)
+		}
+		idx, err := maglev.BuildSize(in, seed, size)
 		if err != nil {
 			return nil, fmt.Errorf("build maglev table: %w", err)
 		}

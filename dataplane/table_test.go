@@ -3,6 +3,8 @@ package dataplane
 import (
 	"fmt"
 	"testing"
+
+	"github.com/xlb-dev/xlb/dataplane/maglev"
 )
 
 func TestTableSWRR(t *testing.T) {
@@ -42,15 +44,15 @@ func TestTableSWRRCap(t *testing.T) {
 
 func TestTableBuildPerAlgorithm(t *testing.T) {
 	bs := []tableBackend{{id: 7, key: "10.0.0.1:80", weight: 1}, {id: 9, key: "10.0.0.2:80", weight: 3}}
-	lc, _ := buildSelTable(AlgoLC, bs, 0)
+	lc, _ := buildSelTable(AlgoLC, bs, 2, 0, maglev.DefaultMinSize)
 	if fmt.Sprint(lc) != "[7 9]" {
 		t.Errorf("lc table %v, want [7 9]", lc)
 	}
-	rr, _ := buildSelTable(AlgoRR, bs, 0)
+	rr, _ := buildSelTable(AlgoRR, bs, 2, 0, maglev.DefaultMinSize)
 	if fmt.Sprint(rr) != "[9 7 9 9]" {
 		t.Errorf("rr table %v, want [9 7 9 9]", rr)
 	}
-	mg, err := buildSelTable(AlgoMaglev, bs, 0)
+	mg, err := buildSelTable(AlgoMaglev, bs, 2, 0, maglev.DefaultMinSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +67,7 @@ func TestTableBuildPerAlgorithm(t *testing.T) {
 	if share := float64(n9) / float64(len(mg)); share < 0.72 || share > 0.78 {
 		t.Errorf("maglev share of weight-3 backend %.3f, want ≈ 0.75", share)
 	}
-	if empty, _ := buildSelTable(AlgoMaglev, nil, 0); len(empty) != 0 {
+	if empty, _ := buildSelTable(AlgoMaglev, nil, 0, 0, maglev.DefaultMinSize); len(empty) != 0 {
 		t.Errorf("no backends: want empty table")
 	}
 }

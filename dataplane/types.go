@@ -150,7 +150,7 @@ type FlowFilter struct {
 	// VIPPort and ClientPort narrow the match when non-zero.
 	VIPPort    uint16
 	ClientPort uint16
-	Limit  int
+	Limit      int
 	// After is an opaque paging cursor returned by a previous call.
 	After string
 }
@@ -213,6 +213,7 @@ type MemoryCost struct {
 	PerService uint64
 	// PerBackend is the cost of one backend slot in the per-backend maps.
 	PerBackend uint64
-	// PerMaglevService is the cost of the smallest Maglev selection table.
+	// PerMaglevService is the cost of the smallest Maglev selection table
+	// (Config.MaglevMinTableSize slots).
 	PerMaglevService uint64
 }

@@ -170,3 +170,36 @@ func BenchmarkMaglevBuild(b *testing.B) {
 		})
 	}
 }
+
+func TestMaglevTableSizeMin(t *testing.T) {
+	if s, _ := TableSize(2); s != DefaultMinSize {
+		t.Errorf("TableSize(2) = %d, want the default minimum %d", s, DefaultMinSize)
+	}
+	cases := []struct {
+		n    int
+		min  uint32
+		want uint32
+	}{
+		{0, 251, 251}, {1, 251, 251}, {2, 251, 509}, {2, 4093, 4093}, {20, 4093, 4093}, {21, 4093, 8191},
+		{81, 16381, 16381}, {82, 16381, 32749}, {100, 16381, 32749}, {1024, 16381, 262139}, {3, 1048573, 1048573},
+	}
+	for _, c := range cases {
+		got, err := TableSizeMin(c.n, c.min)
+		if err != nil || got != c.want {
+			t.Errorf("TableSizeMin(%d, %d) = %d, %v; want %d", c.n, c.min, got, err, c.want)
+		}
+	}
+	for _, bad := range []uint32{0, 1, 250, 4000, 16383} {
+		if ValidMinSize(bad) {
+			t.Errorf("ValidMinSize(%d) = true", bad)
+		}
+		if _, err := TableSizeMin(2, bad); err == nil {
+			t.Errorf("TableSizeMin(2, %d): want error", bad)
+		}
+	}
+	for _, s := range Sizes() {
+		if !ValidMinSize(s) {
+			t.Errorf("ValidMinSize(%d) = false", s)
+		}
+	}
+}
