@@ -26,6 +26,10 @@ type Prober struct {
 	// changes that arrived while the previous one ran.
 	kick chan struct{}
 
+	// seededDown are backends the pinned datapath had down before a
+	// restart; they start down in the prober (see SeedDown).
+	seededDown map[string]map[netip.AddrPort]bool
+
 	transitions *prometheus.CounterVec
 }
 
@@ -65,14 +69,28 @@ func (p *Prober) SetTargets(ctx context.Context, services []api.Service) {
 			if err != nil {
 				continue
 			}
-			targets = append(targets, health.Target{Service: s.Name, Backend: netip.AddrPortFrom(a, b.Port), Probe: *s.Spec.Probe})
+			ap := netip.AddrPortFrom(a, b.Port)
+			t := health.Target{Service: s.Name, Backend: ap, Probe: *s.Spec.Probe}
+			if p.seededDown[s.Name][ap] {
+				t.InitialState = health.StateDown
+			}
+			targets = append(targets, t)
 		}
 	}
+	// Seeds only matter for the first Set after a restart.
+	p.seededDown = nil
 	if err := p.hm.Set(ctx, targets); err != nil {
 		// Specs were validated by the API layer; a failure here is a bug.
 		p.log.Error("setting health probe targets failed", "error", err)
 	}
 }
+
+// SeedDown records the backends that were down in the datapath before this
+// process started (read from the pinned maps). Without it a restarted xlbd
+// would start every backend "up" and send new flows to a still-dead one
+// until its probes failed again; with it they must pass SuccessThreshold
+// probes first. Call before the first SetTargets.
+func (p *Prober) SeedDown(down map[string]map[netip.AddrPort]bool) { p.seededDown = down }
 
 // Statuses returns every probe target's live status.
 func (p *Prober) Statuses() []health.Status { return p.hm.States() }

@@ -118,13 +118,16 @@ func (m *Manager) Restore(ctx context.Context) error {
 			m.log.Error("skipping conflicting persisted service", "service", d.Name, "error", cerr)
 		}
 	}
+	m.seedHealth(ctx, next)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.desired = next
 	m.generation = snap.Generation
 	m.restored = true
-	m.applyLocked(ctx)
+	// Probe targets first: a backend seeded down must already be down when
+	// the datapath is programmed.
 	m.syncProbesLocked(ctx)
+	m.applyLocked(ctx)
 	m.announceLocked(ctx)
 	m.log.Info("desired state restored", "services", len(next), "generation", snap.Generation, "applied", m.applied)
 	return nil
@@ -203,6 +206,50 @@ func (m *Manager) commitLocked(ctx context.Context, next map[string]api.Service)
 	m.syncProbesLocked(ctx)
 	m.announceLocked(ctx)
 	return nil
+}
+
+// healthSeeder is implemented by the health prober (Prober).
+type healthSeeder interface {
+	SeedDown(map[string]map[netip.AddrPort]bool)
+}
+
+// seedHealth tells the prober which backends the pinned datapath had down
+// before this process started, so they stay out of selection until they
+// pass their probes again.
+func (m *Manager) seedHealth(ctx context.Context, restored map[string]api.Service) {
+	hs, ok := m.cfg.Health.(healthSeeder)
+	if !ok {
+		return
+	}
+	// Before the first Apply the datapath names restored services
+	// "VIP:PORT/PROTO"; map those (and our own names) to API names.
+	owner := map[string]string{}
+	for _, d := range m.expandAll(restored) {
+		owner[dataplane.RestoredName(d.VIP, d.Port, d.Protocol)] = apiName(d.Name)
+		owner[d.Name] = apiName(d.Name)
+	}
+	stats, err := m.cfg.Dataplane.Stats(ctx)
+	if err != nil {
+		m.log.Warn("reading backend states from the datapath failed; every backend starts up", "error", err)
+		return
+	}
+	down := map[string]map[netip.AddrPort]bool{}
+	for _, s := range stats {
+		for _, b := range s.Backends {
+			if b.State != dataplane.BackendDown {
+				continue
+			}
+			name, ok := owner[s.Name]
+			if !ok {
+				continue // a service that is not restored
+			}
+			if down[name] == nil {
+				down[name] = map[netip.AddrPort]bool{}
+			}
+			down[name][netip.AddrPortFrom(b.Addr, b.Port)] = true
+		}
+	}
+	hs.SeedDown(down)
 }
 
 // probeTargetSetter is implemented by the health prober (Prober).

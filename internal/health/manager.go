@@ -55,6 +55,11 @@ type Target struct {
 	// Probe is the service's probe; Port 0 probes Backend's port. The zero
 	// Probe (Type "") means no probing, like a nil api.ServiceSpec.Probe.
 	Probe api.Probe
+	// InitialState is the state of a target that is new to the Manager
+	// (zero = StateUp). A restarted daemon passes StateDown for backends
+	// that were down before the restart, so a still-dead backend does not
+	// get new flows until it passes SuccessThreshold probes.
+	InitialState State
 }
 
 // Change is one state transition, reported through Config.OnChange.
@@ -173,6 +178,7 @@ func (m *Manager) Set(ctx context.Context, targets []Target) error {
 	type want struct {
 		spec spec
 		dst  netip.AddrPort
+		init State
 	}
 	wanted := make(map[targetKey]want, len(targets))
 	for _, t := range targets {
@@ -195,7 +201,7 @@ func (m *Manager) Set(ctx context.Context, targets []Target) error {
 		if s.Port != 0 {
 			dst = netip.AddrPortFrom(dst.Addr(), s.Port)
 		}
-		wanted[k] = want{s, dst}
+		wanted[k] = want{s, dst, t.InitialState}
 	}
 
 	now := time.Now()
@@ -213,7 +219,11 @@ func (m *Manager) Set(ctx context.Context, targets []Target) error {
 	for k, w := range wanted {
 		t, ok := m.targets[k]
 		if !ok {
-			t = &target{key: k, state: StateUp, lastChange: now, index: -1}
+			init := StateUp
+			if w.init == StateDown && w.spec.Type != TypeNone {
+				init = StateDown
+			}
+			t = &target{key: k, state: init, lastChange: now, index: -1}
 			m.targets[k] = t
 		} else if t.spec.equal(w.spec) && t.dst == w.dst {
 			continue
