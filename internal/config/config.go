@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -38,6 +39,11 @@ type Config struct {
 	LogFormat      string   `json:"logFormat"`
 	DetachOnExit   bool     `json:"detachOnExit"`
 	PlumbVIPs      bool     `json:"plumbVIPs"`
+	// MaglevSeed and MaglevMinTableSize must be equal on every load
+	// balancer that serves the same VIPs (ECMP): then every node maps a
+	// flow to the same backend.
+	MaglevSeed         uint32 `json:"maglevSeed"`
+	MaglevMinTableSize uint32 `json:"maglevMinTableSize"`
 }
 
 // Defaults returns the configuration used when nothing is given.
@@ -94,6 +100,22 @@ func bind(fs *flag.FlagSet, c *Config, configFile *string) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.BoolVar(&c.DetachOnExit, "detach-on-exit", c.DetachOnExit, "detach the datapath and remove its pins on exit (default: keep forwarding)")
+	fs.Func("maglev-seed", "seed of the Maglev permutations and flow hash; the same on every node serving the same VIPs (default 0)", func(v string) error {
+		n, err := strconv.ParseUint(v, 0, 32)
+		if err != nil {
+			return fmt.Errorf("allowed: 0-%d", uint32(1<<32-1))
+		}
+		c.MaglevSeed = uint32(n)
+		return nil
+	})
+	fs.Func("maglev-min-table-size", "smallest Maglev table in slots, a prime from the list in docs/datapath.md (default 16381); the same on every node", func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return fmt.Errorf("allowed: one of the primes in docs/datapath.md")
+		}
+		c.MaglevMinTableSize = uint32(n)
+		return nil
+	})
 	fs.BoolVar(&c.PlumbVIPs, "plumb-vips", c.PlumbVIPs, "put every VIP on the xlb-owned link xlb0 so that the host answers for it (ICMP echo); removed on clean exit (see docs/announce.md)")
 }
 

@@ -37,11 +37,13 @@ func OpenEBPF(ctx context.Context, cfg config.Config, log *slog.Logger) (Managed
 		return nil, err
 	}
 	dp, err := dataplane.New(ctx, dataplane.Config{
-		Hook:           dataplane.Hook(cfg.Hook),
-		XDPGeneric:     cfg.XDPGeneric,
-		Interfaces:     cfg.Interfaces,
-		ConntrackFlows: cfg.ConntrackFlows,
-		PinPath:        cfg.BPFFSPath,
+		Hook:               dataplane.Hook(cfg.Hook),
+		XDPGeneric:         cfg.XDPGeneric,
+		Interfaces:         cfg.Interfaces,
+		ConntrackFlows:     cfg.ConntrackFlows,
+		PinPath:            cfg.BPFFSPath,
+		MaglevSeed:         cfg.MaglevSeed,
+		MaglevMinTableSize: cfg.MaglevMinTableSize,
 		// Changing --conntrack-flows is a deliberate act; refusing to start
 		// until someone deletes pins by hand would be worse than losing the
 		// tracked flows (which are re-balanced).
