@@ -38,6 +38,9 @@
 #define XLB_DEFAULT_SNAT_MAX 60999
 /* last_seen_ns is written at most this often per flow (limits cache-line writes). */
 #define XLB_TOUCH_NS NSEC_PER_SEC
+/* Bound on how far bpf_ktime_get_coarse_ns() lags bpf_ktime_get_ns() (one
+ * tick is 1-10 ms), with margin. */
+#define XLB_COARSE_SLACK_NS (50 * 1000 * 1000ULL)
 
 /* Verdicts of the core, translated by each entry point. */
 enum {
@@ -1367,22 +1370,409 @@ static __always_inline int xlb_process(struct xctx *x)
 	return r;
 }
 
-SEC("tc")
-int xlb_tc(struct __sk_buff *skb)
+/* ---------- FIB cache (fast path) ---------- */
+
+/*
+ * bpf_fib_lookup costs ~45 ns per packet here, half of an established-flow
+ * packet. The fast path keeps its successful results in a small per-CPU,
+ * direct-mapped cache keyed by everything the lookup depends on (ingress
+ * ifindex, family, L4 protocol, source and destination) and reuses them for
+ * XLB_FIB_TTL_NS: a route or neighbour change reaches established flows
+ * within that time. The MTU check is kept: a slot remembers the largest L3
+ * length that passed it, a longer packet does a full lookup. Only successes
+ * are cached (no neighbour, no route, MTU exceeded: always the full path).
+ * Per CPU, and an xlb program never nests with another on one CPU (see
+ * struct scratch), so plain stores are enough.
+ */
+#define XLB_FIB_SLOTS 256
+#define XLB_FIB_TTL_NS (100 * 1000 * 1000ULL)
+
+struct fib_slot {
+	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() */
+	__be32 src[4];
+	__be32 dst[4];
+	__u32 ifindex; /* ingress */
+	__u32 oif;     /* egress (fib result) */
+	__u16 max_len; /* largest L3 length that passed the MTU check */
+	__u8 family;
+	__u8 l4proto;
+	__u8 dmac[6];
+	__u8 smac[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_FIB_SLOTS);
+	__uint(key_size, sizeof(__u32));
+	/* value_size, not __type: private to the C code (not exported to Go). */
+	__uint(value_size, sizeof(struct fib_slot));
+} xlb_fib_cache SEC(".maps");
+
+static __always_inline __u32 fib_slot_of(__u32 ifindex, const __be32 *src, const __be32 *dst)
 {
-	struct xctx x = XCTX_TC(skb);
-	return xlb_process(&x);
+	__u32 h = dst[0] ^ dst[1] ^ dst[2] ^ dst[3] ^ (src[3] * 0x9e3779b1u) ^ (src[0] * 0x85ebca6bu) ^ ifindex;
+	h ^= h >> 16;
+	h ^= h >> 8;
+	return h & (XLB_FIB_SLOTS - 1);
 }
 
-SEC("xdp")
-int xlb_xdp(struct xdp_md *ctx)
+/* ---------- the fast path ---------- */
+
+/*
+ * fast_body handles the common packet in place, with direct packet access
+ * and no scratch map: a well-formed IPv4 (no options) or IPv6 (no extension
+ * headers) TCP/UDP packet that either
+ *  - hits an alive conntrack entry that needs no bookkeeping (no FIN/RST,
+ *    last_seen refreshed less than XLB_TOUCH_NS ago, backend still valid),
+ *  - or matches no conntrack entry and no service (passed untouched).
+ * Everything else returns XF_SLOW before any side effect (counter, write)
+ * and is handled by xlb_process, which re-parses: the two paths produce the
+ * same bytes, verdicts and counters (see bpf/README.md).
+ */
+#define XF_SLOW (-1)
+
+static __always_inline int fast_body(void *ctx, bool xdp)
+{
+	void *data, *end;
+	__u32 len, ifindex;
+	if (xdp) {
+		struct xdp_md *m = ctx;
+		data = (void *)(long)m->data;
+		end = (void *)(long)m->data_end;
+		len = (__u32)(end - data);
+		ifindex = m->ingress_ifindex;
+	} else {
+		struct __sk_buff *skb = ctx;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		len = skb->len;
+		ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	}
+
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return XF_SLOW;
+
+	struct ct_key k;
+	__builtin_memset(&k, 0, sizeof(k));
+	__u32 l3hl, l3end, l3len;
+	if (eth->proto == bpf_htons(ETH_P_IP_)) {
+		struct ip4_hdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end || ip->vihl != 0x45)
+			return XF_SLOW;
+		l3len = bpf_ntohs(ip->tot_len);
+		if (l3len < sizeof(*ip) || ETH_HLEN_ + l3len > len)
+			return XF_SLOW;
+		if (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFMASK_))
+			return XF_SLOW;
+		k.family = XLB_AF_INET;
+		k.proto = ip->proto;
+		k.src[0] = ip->saddr;
+		k.dst[0] = ip->daddr;
+		l3hl = sizeof(*ip);
+	} else if (eth->proto == bpf_htons(ETH_P_IPV6_)) {
+		struct ip6_hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end || (ip6->vtcfl & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
+			return XF_SLOW;
+		l3len = (__u32)bpf_ntohs(ip6->plen) + sizeof(*ip6);
+		if (ETH_HLEN_ + l3len > len)
+			return XF_SLOW;
+		k.family = XLB_AF_INET6;
+		k.proto = ip6->nexthdr;
+		addr_copy(k.src, ip6->saddr);
+		addr_copy(k.dst, ip6->daddr);
+		l3hl = sizeof(*ip6);
+	} else {
+		return XF_SLOW;
+	}
+	l3end = ETH_HLEN_ + l3len;
+
+	__u32 l4off = ETH_HLEN_ + l3hl, csum_off;
+	__u8 tcp_flags = 0;
+	if (k.proto == IPPROTO_TCP_) {
+		struct tcp_hdr *th = data + l4off;
+		if ((void *)(th + 1) > end)
+			return XF_SLOW;
+		__u32 doff = th->doff >> 4;
+		if (doff < 5 || l4off + doff * 4 > l3end)
+			return XF_SLOW;
+		tcp_flags = th->flags;
+		k.sport = th->sport;
+		k.dport = th->dport;
+		csum_off = l4off + 16;
+	} else if (k.proto == IPPROTO_UDP_) {
+		struct udp_hdr *uh = data + l4off;
+		if ((void *)(uh + 1) > end)
+			return XF_SLOW;
+		__u32 ulen = bpf_ntohs(uh->len);
+		if (ulen < 8 || l4off + ulen > l3end)
+			return XF_SLOW;
+		k.sport = uh->sport;
+		k.dport = uh->dport;
+		csum_off = l4off + 6;
+	} else {
+		return XF_SLOW;
+	}
+
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (!e) {
+		struct svc_key sk;
+		__builtin_memset(&sk, 0, sizeof(sk));
+		addr_copy(sk.vip, k.dst);
+		sk.port = k.dport;
+		sk.proto = k.proto;
+		sk.family = k.family;
+		if (bpf_map_lookup_elem(&services, &sk))
+			return XF_SLOW; /* new flow */
+		struct global_counters *g = gstats();
+		if (g) {
+			g->rx++;
+			g->passed++;
+		}
+		return xdp ? XDP_PASS : TC_ACT_OK;
+	}
+
+	/* Age with the coarse clock (a precise bpf_ktime_get_ns costs ~30 ns
+	 * here, more than the conntrack lookup). It lags the precise one by at
+	 * most a tick, so an entry is surely alive and needs no refresh when
+	 * coarse_age + XLB_COARSE_SLACK_NS is within both limits; anything
+	 * closer to a limit (or expired, or lifetime 0) takes the slow path,
+	 * which decides with the precise clock. last_seen_ns written by another
+	 * CPU may be ahead of the coarse clock: a negative age counts as 0. */
+	__u64 cnow = bpf_ktime_get_coarse_ns();
+	__s64 age = (__s64)(cnow - e->last_seen_ns);
+	if (age < 0)
+		age = 0;
+	age += XLB_COARSE_SLACK_NS;
+	if ((__u64)age >= XLB_TOUCH_NS || (__u64)age > (__u64)e->lifetime_s * NSEC_PER_SEC)
+		return XF_SLOW;
+
+	/* Bookkeeping (FIN/RST) and stale backends are the slow path's. */
+	__u32 fl = e->flags;
+	if (k.proto == IPPROTO_TCP_ && (tcp_flags & (TCP_FIN_ | TCP_RST_)))
+		return XF_SLOW;
+	bool reply = fl & XLB_CT_F_REPLY;
+	if (!reply) {
+		__u32 bid = e->backend_id;
+		struct backend *b = bpf_map_lookup_elem(&backends, &bid);
+		if (!b || b->gen != e->backend_gen || b->state == XLB_BE_UNUSED)
+			return XF_SLOW;
+		if ((fl & XLB_CT_F_CLOSING) && k.proto == IPPROTO_TCP_ &&
+		    (tcp_flags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_)
+			return XF_SLOW;
+	}
+
+	/* Committed: counters, then the rewrite. */
+	struct global_counters *g = gstats();
+	if (g) {
+		g->rx++;
+		if (reply)
+			g->rev_nat++;
+		else
+			g->fwd_nat++;
+	}
+	if (!reply)
+		count_fwd(e, len, false);
+
+	__be32 nsrc[4], ndst[4];
+	__be16 nsport, ndport;
+	ct_target(&k, e, nsrc, &nsport, ndst, &ndport);
+
+	bool v6 = k.family == XLB_AF_INET6;
+	bool udp = k.proto == IPPROTO_UDP_;
+	__u64 adiff = 0, pdiff = 0;
+	/* Re-derive the header pointers (the verifier tracks them per offset). */
+	if (v6) {
+		struct ip6_hdr *ip6 = data + ETH_HLEN_;
+		if ((void *)(ip6 + 1) > end)
+			return XF_SLOW; /* unreachable: checked above */
+		if (!addr_eq(k.src, nsrc)) {
+			adiff = csum_diff128(adiff, k.src, nsrc);
+			addr_copy(ip6->saddr, nsrc);
+		}
+		if (!addr_eq(k.dst, ndst)) {
+			adiff = csum_diff128(adiff, k.dst, ndst);
+			addr_copy(ip6->daddr, ndst);
+		}
+	} else {
+		struct ip4_hdr *ip = data + ETH_HLEN_;
+		if ((void *)(ip + 1) > end)
+			return XF_SLOW;
+		if (k.src[0] != nsrc[0]) {
+			adiff = csum_diff32(adiff, k.src[0], nsrc[0]);
+			ip->saddr = nsrc[0];
+		}
+		if (k.dst[0] != ndst[0]) {
+			adiff = csum_diff32(adiff, k.dst[0], ndst[0]);
+			ip->daddr = ndst[0];
+		}
+		if (adiff)
+			ip->csum = csum_apply(ip->csum, adiff);
+	}
+	{
+		__be16 *ports = data + l4off;
+		if ((void *)(ports + 2) > end)
+			return XF_SLOW;
+		if (k.sport != nsport) {
+			pdiff = csum_diff16(pdiff, k.sport, nsport);
+			ports[0] = nsport;
+		}
+		if (k.dport != ndport) {
+			pdiff = csum_diff16(pdiff, k.dport, ndport);
+			ports[1] = ndport;
+		}
+	}
+	if (xdp) {
+		__u16 *cp = data + csum_off;
+		if ((void *)(cp + 1) > end)
+			return XF_SLOW;
+		__u16 l4csum = *cp;
+		if (!(udp && !v6 && l4csum == 0)) {
+			l4csum = csum_apply(l4csum, adiff + pdiff);
+			if (udp && l4csum == 0)
+				l4csum = 0xffff;
+			*cp = l4csum;
+		}
+	} else {
+		__u64 mangled = udp ? BPF_F_MARK_MANGLED_0 : 0;
+		int err = 0;
+		if (adiff) {
+			__u64 f = BPF_F_PSEUDO_HDR | mangled;
+			if (v6) {
+				if (bpf_l4_csum_replace(ctx, csum_off, 0, csum_fold64(adiff), f | BPF_F_IPV6) &&
+				    bpf_l4_csum_replace(ctx, csum_off, 0, csum_fold64(adiff), f))
+					err = 1;
+			} else if (bpf_l4_csum_replace(ctx, csum_off, 0, csum_fold64(adiff), f)) {
+				err = 1;
+			}
+		}
+		if (!err && pdiff && bpf_l4_csum_replace(ctx, csum_off, 0, csum_fold64(pdiff), mangled))
+			err = 1;
+		if (err) {
+			GINC(malformed);
+			return TC_ACT_SHOT;
+		}
+	}
+
+	/* Forwarding: as forward_body. */
+	int pass = xdp ? XDP_PASS : TC_ACT_OK;
+	struct xlb_cfg *cfg = config();
+	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
+		return pass;
+	__u8 fam = k.family, proto = k.proto;
+	__u32 slot = fib_slot_of(ifindex, nsrc, ndst);
+	struct fib_slot *fs = bpf_map_lookup_elem(&xlb_fib_cache, &slot);
+	if (!fs)
+		return pass;
+	__u32 oif;
+	if (fs->expires_ns > cnow && fs->ifindex == ifindex && fs->family == fam && fs->l4proto == proto &&
+	    l3len <= fs->max_len && addr_eq(fs->dst, ndst) && addr_eq(fs->src, nsrc)) {
+		oif = fs->oif;
+	} else {
+		struct bpf_fib_lookup fib;
+		__builtin_memset(&fib, 0, sizeof(fib));
+		fib.family = v6 ? AF_INET6_ : AF_INET_;
+		fib.l4_protocol = proto;
+		fib.tot_len = l3len;
+		fib.ifindex = ifindex;
+		if (v6) {
+			addr_copy((__be32 *)fib.ipv6_src, nsrc);
+			addr_copy((__be32 *)fib.ipv6_dst, ndst);
+		} else {
+			fib.ipv4_src = nsrc[0];
+			fib.ipv4_dst = ndst[0];
+		}
+		long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+			if (!xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+				return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+			/* No route, forwarding disabled, MTU exceeded, ...: the
+			 * kernel routes the already-rewritten packet. */
+			return pass;
+		}
+		oif = fib.ifindex;
+		__u16 max_len = l3len;
+		if (fs->expires_ns > cnow && fs->ifindex == ifindex && fs->family == fam && fs->l4proto == proto &&
+		    fs->oif == oif && fs->max_len > max_len && addr_eq(fs->dst, ndst) && addr_eq(fs->src, nsrc))
+			max_len = fs->max_len;
+		fs->expires_ns = cnow + XLB_FIB_TTL_NS;
+		addr_copy(fs->src, nsrc);
+		addr_copy(fs->dst, ndst);
+		fs->ifindex = ifindex;
+		fs->oif = oif;
+		fs->max_len = max_len;
+		fs->family = fam;
+		fs->l4proto = proto;
+		__builtin_memcpy(fs->dmac, fib.dmac, 6);
+		__builtin_memcpy(fs->smac, fib.smac, 6);
+	}
+
+	if (xdp) {
+		struct xdp_md *m = ctx;
+		data = (void *)(long)m->data;
+		end = (void *)(long)m->data_end;
+	} else {
+		struct __sk_buff *skb = ctx;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return pass;
+	__builtin_memcpy(eth->dst, fs->dmac, 6);
+	__builtin_memcpy(eth->src, fs->smac, 6);
+	if (xdp && oif == ifindex)
+		return XDP_TX;
+	return bpf_redirect(oif, 0);
+}
+
+static __noinline int fast_xdp(struct xdp_md *ctx)
+{
+	return fast_body(ctx, true);
+}
+
+static __noinline int fast_tc(struct __sk_buff *ctx)
+{
+	return fast_body(ctx, false);
+}
+
+/* The full datapath (xlb_process) for what the fast path does not handle. */
+static __noinline int slow_xdp(struct xdp_md *ctx)
 {
 	struct xctx x = XCTX_XDP(ctx);
 	return xlb_process(&x);
 }
 
-/* Benchmark floor: the cheapest program that still parses Ethernet and the
- * IP header, so that benchmark ratios measure xlb's own work. */
+static __noinline int slow_tc(struct __sk_buff *ctx)
+{
+	struct xctx x = XCTX_TC(ctx);
+	return xlb_process(&x);
+}
+
+SEC("tc")
+int xlb_tc(struct __sk_buff *skb)
+{
+	int r = fast_tc(skb);
+	if (r != XF_SLOW)
+		return r;
+	return slow_tc(skb);
+}
+
+SEC("xdp")
+int xlb_xdp(struct xdp_md *ctx)
+{
+	int r = fast_xdp(ctx);
+	if (r != XF_SLOW)
+		return r;
+	return slow_xdp(ctx);
+}
+
+/* Benchmark floor: the cheapest program that still parses what xlb parses
+ * (Ethernet, the IPv4/IPv6 header, the L4 ports) and passes, so that
+ * benchmark ratios measure xlb's own work. The empty asm statements keep the
+ * loads (and so the bounds checks): without them clang folds the whole
+ * program into "return XDP_PASS", an empty program. */
+#define XLB_KEEP(v) asm volatile("" : : "r"(v))
 SEC("xdp")
 int xlb_floor(struct xdp_md *ctx)
 {
@@ -1391,20 +1781,30 @@ int xlb_floor(struct xdp_md *ctx)
 	struct eth_hdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
+	__be16 *ports;
 	if (eth->proto == bpf_htons(ETH_P_IP_)) {
 		struct ip4_hdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) > end)
 			return XDP_PASS;
-		/* Keep the load: the floor must touch the header like xlb does. */
-		if (ip->daddr == 0)
-			return XDP_PASS;
+		XLB_KEEP(ip->saddr);
+		XLB_KEEP(ip->daddr);
+		XLB_KEEP(ip->proto);
+		ports = (void *)(ip + 1);
 	} else if (eth->proto == bpf_htons(ETH_P_IPV6_)) {
 		struct ip6_hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return XDP_PASS;
-		if (ip6->daddr[0] == 0)
-			return XDP_PASS;
+		XLB_KEEP(ip6->saddr[3]);
+		XLB_KEEP(ip6->daddr[3]);
+		XLB_KEEP(ip6->nexthdr);
+		ports = (void *)(ip6 + 1);
+	} else {
+		return XDP_PASS;
 	}
+	if ((void *)(ports + 2) > end)
+		return XDP_PASS;
+	XLB_KEEP(ports[0]);
+	XLB_KEEP(ports[1]);
 	return XDP_PASS;
 }
 

@@ -164,6 +164,7 @@ const (
 	xlbMapSvcStats      = "svc_stats"
 	xlbMapVips          = "vips"
 	xlbMapXlbConfig     = "xlb_config"
+	xlbMapXlbFibCache   = "xlb_fib_cache"
 	xlbMapXlbScratch    = "xlb_scratch"
 	xlbProgXlbFloor     = "xlb_floor"
 	xlbProgXlbTc        = "xlb_tc"
@@ -235,6 +236,7 @@ type xlbMapSpecs struct {
 	SvcStats      *ebpf.MapSpec `ebpf:"svc_stats"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 	XlbConfig     *ebpf.MapSpec `ebpf:"xlb_config"`
+	XlbFibCache   *ebpf.MapSpec `ebpf:"xlb_fib_cache"`
 	XlbScratch    *ebpf.MapSpec `ebpf:"xlb_scratch"`
 }
 
@@ -278,6 +280,7 @@ type xlbMaps struct {
 	SvcStats      *ebpf.Map `ebpf:"svc_stats"`
 	Vips          *ebpf.Map `ebpf:"vips"`
 	XlbConfig     *ebpf.Map `ebpf:"xlb_config"`
+	XlbFibCache   *ebpf.Map `ebpf:"xlb_fib_cache"`
 	XlbScratch    *ebpf.Map `ebpf:"xlb_scratch"`
 }
 
@@ -297,6 +300,7 @@ func (m *xlbMaps) Close() error {
 		m.SvcStats,
 		m.Vips,
 		m.XlbConfig,
+		m.XlbFibCache,
 		m.XlbScratch,
 	)
 }
