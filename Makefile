@@ -65,7 +65,7 @@ demo-clean:
 
 ## bench: datapath speed as ratios against baselines measured in the same run → docs/benchmarks.md.
 bench: deps build
-	@scripts/bench.sh
+	$(GO) run ./test/bench -out docs/benchmarks.md
 
 clean:
 	rm -rf $(BIN)
