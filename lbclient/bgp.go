@@ -2,7 +2,6 @@ package lbclient
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,28 +13,14 @@ import (
 // GetBGP returns the BGP status: global settings (nil while BGP is off),
 // peers with their session state, announced host routes.
 func (c *Client) GetBGP(ctx context.Context) (api.BGPStatus, error) {
-	r := request{method: http.MethodGet, path: "/v1/bgp"}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.BGPStatus{}, err
-	}
-	var out api.BGPStatus
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.BGPStatus](ctx, c, http.MethodGet, "/v1/bgp", nil, nil, "get bgp")
+	return out, err
 }
 
 // PutBGP configures (or reconfigures) the BGP speaker.
 func (c *Client) PutBGP(ctx context.Context, g api.BGPGlobal) (api.BGPGlobal, error) {
-	body, err := json.Marshal(g)
-	if err != nil {
-		return api.BGPGlobal{}, fmt.Errorf("put bgp: encode: %w", err)
-	}
-	r := request{method: http.MethodPut, path: "/v1/bgp", body: body}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.BGPGlobal{}, err
-	}
-	var out api.BGPGlobal
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.BGPGlobal](ctx, c, http.MethodPut, "/v1/bgp", nil, g, "put bgp")
+	return out, err
 }
 
 // DeleteBGP stops BGP: routes withdrawn, sessions closed with a
@@ -47,13 +32,8 @@ func (c *Client) DeleteBGP(ctx context.Context) error {
 
 // ListBGPPeers returns the configured peers with their session state.
 func (c *Client) ListBGPPeers(ctx context.Context) (api.BGPPeerList, error) {
-	r := request{method: http.MethodGet, path: "/v1/bgp/peers"}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.BGPPeerList{}, err
-	}
-	var out api.BGPPeerList
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.BGPPeerList](ctx, c, http.MethodGet, "/v1/bgp/peers", nil, nil, "list bgp peers")
+	return out, err
 }
 
 // PutBGPPeers replaces the full peer set.
@@ -61,17 +41,8 @@ func (c *Client) PutBGPPeers(ctx context.Context, peers []api.BGPPeer) (api.BGPP
 	if peers == nil {
 		peers = []api.BGPPeer{}
 	}
-	body, err := json.Marshal(api.BGPPeerReplace{Items: peers})
-	if err != nil {
-		return api.BGPPeerList{}, fmt.Errorf("put bgp peers: encode: %w", err)
-	}
-	r := request{method: http.MethodPut, path: "/v1/bgp/peers", body: body}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.BGPPeerList{}, err
-	}
-	var out api.BGPPeerList
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.BGPPeerList](ctx, c, http.MethodPut, "/v1/bgp/peers", nil, api.BGPPeerReplace{Items: peers}, "put bgp peers")
+	return out, err
 }
 
 func peerPath(address string) (string, error) {
@@ -88,20 +59,7 @@ func (c *Client) PutBGPPeer(ctx context.Context, p api.BGPPeer) (api.BGPPeerStat
 	if err != nil {
 		return api.BGPPeerStatus{}, false, fmt.Errorf("put bgp peer: %w", err)
 	}
-	body, err := json.Marshal(p)
-	if err != nil {
-		return api.BGPPeerStatus{}, false, fmt.Errorf("put bgp peer %s: encode: %w", p.Address, err)
-	}
-	r := request{method: http.MethodPut, path: path, body: body}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.BGPPeerStatus{}, false, err
-	}
-	var out api.BGPPeerStatus
-	if err := decodeJSON(r, resp, &out); err != nil {
-		return api.BGPPeerStatus{}, false, err
-	}
-	return out, resp.StatusCode() == http.StatusCreated, nil
+	return call[api.BGPPeerStatus](ctx, c, http.MethodPut, path, nil, p, "put bgp peer "+p.Address)
 }
 
 // DeleteBGPPeer removes one peer; IsNotFound(err) when it was not configured.

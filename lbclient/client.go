@@ -394,3 +394,23 @@ type restyLogger struct{ l *slog.Logger }
 func (r restyLogger) Errorf(format string, v ...any) { r.l.Error(fmt.Sprintf(format, v...)) }
 func (r restyLogger) Warnf(format string, v ...any)  { r.l.Warn(fmt.Sprintf(format, v...)) }
 func (r restyLogger) Debugf(format string, v ...any) { r.l.Debug(fmt.Sprintf(format, v...)) }
+
+// call sends one request (in, when non-nil, is the JSON body) and decodes
+// the JSON answer into a T. created reports HTTP 201. what names the
+// operation in encoding errors ("put service web").
+func call[T any](ctx context.Context, c *Client, method, path string, query url.Values, in any, what string) (out T, created bool, err error) {
+	r := request{method: method, path: path, query: query}
+	if in != nil {
+		if r.body, err = json.Marshal(in); err != nil {
+			return out, false, fmt.Errorf("%s: encode: %w", what, err)
+		}
+	}
+	resp, err := c.do(ctx, r)
+	if err != nil {
+		return out, false, err
+	}
+	if err := decodeJSON(r, resp, &out); err != nil {
+		return out, false, err
+	}
+	return out, resp.StatusCode() == http.StatusCreated, nil
+}

@@ -2,7 +2,6 @@ package lbclient
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -29,20 +28,7 @@ func (c *Client) PutService(ctx context.Context, svc api.Service) (api.Service, 
 	if err != nil {
 		return api.Service{}, false, fmt.Errorf("put service: %w", err)
 	}
-	body, err := json.Marshal(svc)
-	if err != nil {
-		return api.Service{}, false, fmt.Errorf("put service %s: encode: %w", svc.Name, err)
-	}
-	r := request{method: http.MethodPut, path: path, body: body}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.Service{}, false, err
-	}
-	var out api.Service
-	if err := decodeJSON(r, resp, &out); err != nil {
-		return api.Service{}, false, err
-	}
-	return out, resp.StatusCode() == http.StatusCreated, nil
+	return call[api.Service](ctx, c, http.MethodPut, path, nil, svc, "put service "+svc.Name)
 }
 
 // GetService returns one service with its live status. IsNotFound(err)
@@ -52,32 +38,23 @@ func (c *Client) GetService(ctx context.Context, name string) (api.Service, erro
 	if err != nil {
 		return api.Service{}, fmt.Errorf("get service: %w", err)
 	}
-	r := request{method: http.MethodGet, path: path}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.Service{}, err
-	}
-	var out api.Service
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.Service](ctx, c, http.MethodGet, path, nil, nil, "get service")
+	return out, err
 }
 
 // ListServices returns the services whose labels contain every pair of
 // selector (nil or empty: all services).
 func (c *Client) ListServices(ctx context.Context, selector map[string]string) (api.ServiceList, error) {
-	r := request{method: http.MethodGet, path: "/v1/services"}
+	var q url.Values
 	if len(selector) > 0 {
 		sel, err := FormatSelector(selector)
 		if err != nil {
 			return api.ServiceList{}, fmt.Errorf("list services: %w", err)
 		}
-		r.query = url.Values{"selector": {sel}}
+		q = url.Values{"selector": {sel}}
 	}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.ServiceList{}, err
-	}
-	var out api.ServiceList
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.ServiceList](ctx, c, http.MethodGet, "/v1/services", q, nil, "list services")
+	return out, err
 }
 
 // DeleteService deletes one service. IsNotFound(err) tells that it did not
@@ -94,28 +71,14 @@ func (c *Client) DeleteService(ctx context.Context, name string) error {
 // BulkReplace makes the set of services matching b.Selector equal to
 // b.Services in one call (the CCM's full re-sync after an xlbd restart).
 func (c *Client) BulkReplace(ctx context.Context, b api.BulkReplace) (api.BulkResult, error) {
-	body, err := json.Marshal(b)
-	if err != nil {
-		return api.BulkResult{}, fmt.Errorf("bulk replace: encode: %w", err)
-	}
-	r := request{method: http.MethodPut, path: "/v1/services", body: body}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.BulkResult{}, err
-	}
-	var out api.BulkResult
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.BulkResult](ctx, c, http.MethodPut, "/v1/services", nil, b, "bulk replace")
+	return out, err
 }
 
 // Status returns xlbd's global state.
 func (c *Client) Status(ctx context.Context) (api.Status, error) {
-	r := request{method: http.MethodGet, path: "/v1/status"}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.Status{}, err
-	}
-	var out api.Status
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.Status](ctx, c, http.MethodGet, "/v1/status", nil, nil, "status")
+	return out, err
 }
 
 // Filter selects conntrack entries. Zero fields do not filter.
@@ -148,13 +111,8 @@ func (c *Client) Conntrack(ctx context.Context, f Filter) (api.FlowList, error) 
 	if f.After != "" {
 		q.Set("after", f.After)
 	}
-	r := request{method: http.MethodGet, path: "/v1/conntrack", query: q}
-	resp, err := c.do(ctx, r)
-	if err != nil {
-		return api.FlowList{}, err
-	}
-	var out api.FlowList
-	return out, decodeJSON(r, resp, &out)
+	out, _, err := call[api.FlowList](ctx, c, http.MethodGet, "/v1/conntrack", q, nil, "conntrack")
+	return out, err
 }
 
 // Healthz returns nil when xlbd is alive.
