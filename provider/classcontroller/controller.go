@@ -104,6 +104,9 @@ type Controller struct {
 type appliedState struct {
 	service *corev1.Service
 	nodes   []nodeKey
+	// synced is false while an EnsureLoadBalancer is in flight or after it failed: the load
+	// balancer may exist (so cleanup must know about it) but is not known to match service.
+	synced bool
 }
 
 // nodeKey holds the node fields that change what a load balancer sends traffic to. Unlike the
@@ -259,9 +262,10 @@ func (c *Controller) wants(svc *corev1.Service) bool {
 
 // relevant reports whether an event for svc concerns this controller: it wants a load
 // balancer, or it is one we programmed that now needs cleaning up (deleted, or no longer of
-// type LoadBalancer — the class field is cleared together with the type).
+// type LoadBalancer — the apiserver clears the class together with the type), or it may be
+// such a one from before a restart (cleanup finalizer, no longer a LoadBalancer).
 func (c *Controller) relevant(svc *corev1.Service) bool {
-	if c.wants(svc) {
+	if c.wants(svc) || maybeOrphan(svc) {
 		return true
 	}
 	c.mu.Lock()
@@ -321,8 +325,10 @@ func (c *Controller) sync(ctx context.Context, k string) error {
 
 	wants := c.wants(svc)
 	if !wants && !known {
-		// Not ours: another controller owns it, even if it carries the shared finalizer.
-		return nil
+		if maybeOrphan(svc) {
+			return c.cleanupOrphan(ctx, k, svc)
+		}
+		return nil // not ours
 	}
 	if servicehelper.HasLBFinalizer(svc) && (svc.DeletionTimestamp != nil || !wants) {
 		return c.cleanup(ctx, k, svc)
@@ -346,7 +352,7 @@ func (c *Controller) sync(ctx context.Context, k string) error {
 	}
 	nodeKeys := keysOf(nodes)
 	switch {
-	case !known || !sameIntent(prev.service, svc) || !servicehelper.HasLBFinalizer(svc):
+	case !known || !prev.synced || !sameIntent(prev.service, svc) || !servicehelper.HasLBFinalizer(svc):
 		return c.ensure(ctx, k, svc, nodes, nodeKeys)
 	case !slices.Equal(prev.nodes, nodeKeys):
 		return c.update(ctx, k, svc, nodes, nodeKeys)
@@ -367,6 +373,9 @@ func (c *Controller) ensure(ctx context.Context, k string, svc *corev1.Service, 
 	if len(nodes) == 0 {
 		c.recorder.Event(svc, corev1.EventTypeWarning, ReasonNoAvailableNodes, "There are no available nodes for LoadBalancer")
 	}
+	// Remember the Service before anything is created, so that if it disappears from here
+	// on (even without our finalizer) its load balancer is still cleaned up.
+	c.remember(k, svc, nodeKeys, false)
 	status, err := c.balancer.EnsureLoadBalancer(ctx, c.clusterName, svc, nodes)
 	if err != nil {
 		if errors.Is(err, cloudprovider.ImplementedElsewhere) {
@@ -381,9 +390,13 @@ func (c *Controller) ensure(ctx context.Context, k string, svc *corev1.Service, 
 		return fmt.Errorf("ensure load balancer for %s: %w", k, err)
 	}
 	if err := c.patchStatus(ctx, svc, status); err != nil {
+		if apierrors.IsNotFound(err) {
+			// Deleted meanwhile; its delete event brings it back here to clean up.
+			return nil
+		}
 		return fmt.Errorf("update load balancer status of %s: %w", k, err)
 	}
-	c.remember(k, svc, nodeKeys)
+	c.remember(k, svc, nodeKeys, true)
 	c.recorder.Event(svc, corev1.EventTypeNormal, ReasonEnsured, "Ensured load balancer")
 	return nil
 }
@@ -396,7 +409,7 @@ func (c *Controller) update(ctx context.Context, k string, svc *corev1.Service, 
 			"Error updating load balancer with new hosts %v, error: %v", names(nodes), err)
 		return fmt.Errorf("update load balancer hosts of %s: %w", k, err)
 	}
-	c.remember(k, svc, nodeKeys)
+	c.remember(k, svc, nodeKeys, true)
 	if len(nodes) == 0 {
 		c.recorder.Event(svc, corev1.EventTypeWarning, ReasonNoAvailableNodes, "There are no available nodes for LoadBalancer")
 	} else {
@@ -424,6 +437,27 @@ func (c *Controller) cleanup(ctx context.Context, k string, svc *corev1.Service)
 		return fmt.Errorf("clear load balancer status of %s: %w", k, err)
 	}
 	return nil
+}
+
+// maybeOrphan: a Service that holds the cleanup finalizer but is no longer a LoadBalancer. If
+// it changed type while this controller was down, nothing in it says it was ours (the apiserver
+// cleared its class and status), so the load balancer is asked.
+func maybeOrphan(svc *corev1.Service) bool {
+	return svc.Spec.Type != corev1.ServiceTypeLoadBalancer && servicehelper.HasLBFinalizer(svc)
+}
+
+// cleanupOrphan cleans up a maybeOrphan Service only if our load balancer has something for
+// it. Otherwise the finalizer belongs to another controller (e.g. another CCM's service
+// controller) and is left to it.
+func (c *Controller) cleanupOrphan(ctx context.Context, k string, svc *corev1.Service) error {
+	_, exists, err := c.balancer.GetLoadBalancer(ctx, c.clusterName, svc)
+	if err != nil {
+		return fmt.Errorf("check whether %s has a load balancer: %w", k, err)
+	}
+	if !exists {
+		return nil
+	}
+	return c.cleanup(ctx, k, svc)
 }
 
 // syncGone handles a Service that vanished from the cache while we still had state for it.
@@ -458,10 +492,10 @@ func (c *Controller) deleteLoadBalancer(ctx context.Context, svc *corev1.Service
 	return nil
 }
 
-func (c *Controller) remember(k string, svc *corev1.Service, nodes []nodeKey) {
+func (c *Controller) remember(k string, svc *corev1.Service, nodes []nodeKey, synced bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.applied[k] = appliedState{service: svc.DeepCopy(), nodes: nodes}
+	c.applied[k] = appliedState{service: svc.DeepCopy(), nodes: nodes, synced: synced}
 }
 
 func (c *Controller) forget(k string) {

@@ -389,3 +389,52 @@ func TestEnsureErrorIsReportedAndRetried(t *testing.T) {
 		return nil
 	})
 }
+
+func TestServiceGoneWithoutFinalizerIsCleanedUp(t *testing.T) {
+	e := start(t, node("n1", "10.0.0.1"), service("web", ptr(DefaultClass)))
+	e.waitCalls("ensure default/web n1")
+	// Someone removed the finalizer and the object vanished at once: the load balancer
+	// must not leak.
+	if err := e.client.CoreV1().Services("default").Delete(e.ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitCalls("ensure default/web n1", "delete default/web")
+}
+
+func TestRecreatedServiceGetsFreshLoadBalancer(t *testing.T) {
+	e := start(t, node("n1", "10.0.0.1"), service("web", ptr(DefaultClass)))
+	e.waitCalls("ensure default/web n1")
+	if err := e.client.CoreV1().Services("default").Delete(e.ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	again := service("web", ptr(DefaultClass))
+	again.UID = "uid-web-2"
+	e.createService(again)
+	e.waitCalls("ensure default/web n1", "delete default/web", "ensure default/web n1")
+}
+
+func TestOrphanAfterRestartIsCleanedOnlyIfOurs(t *testing.T) {
+	// Two ClusterIP Services with the cleanup finalizer, as left by a type change while the
+	// controller was down: the load balancer has something for "ours" only.
+	e := start(t, node("n1", "10.0.0.1"))
+	e.lb.mu.Lock()
+	e.lb.exists["default/ours"] = true
+	e.lb.mu.Unlock()
+	for _, name := range []string{"ours", "theirs"} {
+		s := service(name, nil)
+		s.Spec.Type = corev1.ServiceTypeClusterIP
+		s.Spec.Ports[0].NodePort = 0
+		s.Finalizers = []string{servicehelper.LoadBalancerCleanupFinalizer}
+		e.createService(s)
+	}
+	e.waitCalls("delete default/ours")
+	e.eventually("finalizer of ours removed", func() error {
+		if s := e.getService("ours"); servicehelper.HasLBFinalizer(s) {
+			return fmt.Errorf("finalizers %v", s.Finalizers)
+		}
+		return nil
+	})
+	if s := e.getService("theirs"); !servicehelper.HasLBFinalizer(s) {
+		t.Errorf("finalizer of a Service that is not ours was removed")
+	}
+}
