@@ -385,6 +385,93 @@ static __always_inline void ct_target(const struct ct_key *t, const struct ct_en
 	}
 }
 
+/* ---------- FIB cache ---------- */
+
+/*
+ * bpf_fib_lookup costs ~45 ns per packet here (~100 ns when its entries are
+ * cold), half of an established-flow packet. Both paths (fast path and
+ * forward_body) keep successful results in a small per-CPU,
+ * direct-mapped cache keyed by everything the lookup depends on (ingress
+ * ifindex, family, L4 protocol, source and destination) and reuses them for
+ * XLB_FIB_TTL_NS: a route or neighbour change reaches every flow (new or
+ * established) within that time. The MTU check is kept: a slot remembers the largest L3
+ * length that passed it, a longer packet does a full lookup. Only successes
+ * are cached (no neighbour, no route, MTU exceeded: always the full path).
+ * Per CPU, and an xlb program never nests with another on one CPU (see
+ * struct scratch), so plain stores are enough.
+ */
+#define XLB_FIB_SLOTS 256
+#define XLB_FIB_TTL_NS (100 * 1000 * 1000ULL)
+
+struct fib_slot {
+	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() */
+	__be32 src[4];
+	__be32 dst[4];
+	__u32 ifindex; /* ingress */
+	__u32 oif;     /* egress (fib result) */
+	__u16 max_len; /* largest L3 length that passed the MTU check */
+	__u8 family;
+	__u8 l4proto;
+	__u8 dmac[6];
+	__u8 smac[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_FIB_SLOTS);
+	__uint(key_size, sizeof(__u32));
+	/* value_size, not __type: private to the C code (not exported to Go). */
+	__uint(value_size, sizeof(struct fib_slot));
+} xlb_fib_cache SEC(".maps");
+
+static __always_inline __u32 fib_slot_of(__u32 ifindex, const __be32 *src, const __be32 *dst)
+{
+	__u32 h = dst[0] ^ dst[1] ^ dst[2] ^ dst[3] ^ (src[3] * 0x9e3779b1u) ^ (src[0] * 0x85ebca6bu) ^ ifindex;
+	h ^= h >> 16;
+	h ^= h >> 8;
+	return h & (XLB_FIB_SLOTS - 1);
+}
+
+/* The cache slot for (ifindex, src, dst), or NULL (never: the array has
+ * every slot, but the verifier wants the check). */
+static __always_inline struct fib_slot *fib_slot_get(__u32 ifindex, const __be32 *src, const __be32 *dst)
+{
+	__u32 slot = fib_slot_of(ifindex, src, dst);
+	return bpf_map_lookup_elem(&xlb_fib_cache, &slot);
+}
+
+/* Whether fs holds a fresh result for exactly this lookup (l3len within the
+ * length that passed the MTU check). */
+static __always_inline bool fib_slot_hit(const struct fib_slot *fs, __u64 cnow, __u32 ifindex, __u8 fam, __u8 proto,
+					 __u16 l3len, const __be32 *src, const __be32 *dst)
+{
+	return fs->expires_ns > cnow && fs->ifindex == ifindex && fs->family == fam && fs->l4proto == proto &&
+	       l3len <= fs->max_len && addr_eq(fs->dst, dst) && addr_eq(fs->src, src);
+}
+
+/* Record a successful lookup (keeping a larger max_len of the same route). */
+static __always_inline void fib_slot_fill(struct fib_slot *fs, __u64 cnow, __u32 ifindex, __u8 fam, __u8 proto,
+					  __u16 l3len, const __be32 *src, const __be32 *dst,
+					  const struct bpf_fib_lookup *fib)
+{
+	__u32 oif = fib->ifindex;
+	__u16 max_len = l3len;
+	if (fs->expires_ns > cnow && fs->ifindex == ifindex && fs->family == fam && fs->l4proto == proto &&
+	    fs->oif == oif && fs->max_len > max_len && addr_eq(fs->dst, dst) && addr_eq(fs->src, src))
+		max_len = fs->max_len;
+	fs->expires_ns = cnow + XLB_FIB_TTL_NS;
+	addr_copy(fs->src, src);
+	addr_copy(fs->dst, dst);
+	fs->ifindex = ifindex;
+	fs->oif = oif;
+	fs->max_len = max_len;
+	fs->family = fam;
+	fs->l4proto = proto;
+	__builtin_memcpy(fs->dmac, fib->dmac, 6);
+	__builtin_memcpy(fs->smac, fib->smac, 6);
+}
+
+
 /* ---------- forwarding ---------- */
 
 /* After a rewrite: route the packet ourselves (fib lookup + redirect) or let
@@ -398,6 +485,22 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	struct xlb_cfg *cfg = config();
 	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
 		return pass;
+
+	struct {
+		__u8 dst[6];
+		__u8 src[6];
+	} macs;
+	__u32 oif;
+	/* The FIB cache, as in the fast path: new flows (e.g. all fullnat
+	 * flows toward one backend) and refreshes mostly hit it. */
+	__u64 cnow = bpf_ktime_get_coarse_ns();
+	struct fib_slot *fs = fib_slot_get(x->ifindex, src, dst);
+	if (fs && fib_slot_hit(fs, cnow, x->ifindex, family, a->l4proto, a->l3len, src, dst)) {
+		oif = fs->oif;
+		__builtin_memcpy(macs.dst, fs->dmac, 6);
+		__builtin_memcpy(macs.src, fs->smac, 6);
+		goto redirect;
+	}
 
 	__u32 z = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&xlb_scratch, &z);
@@ -419,20 +522,12 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	}
 	long rc = bpf_fib_lookup(x->ctx, fp, sizeof(*fp), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		struct {
-			__u8 dst[6];
-			__u8 src[6];
-		} macs;
+		if (fs)
+			fib_slot_fill(fs, cnow, x->ifindex, family, a->l4proto, a->l3len, src, dst, fp);
+		oif = fib.ifindex;
 		__builtin_memcpy(macs.dst, fib.dmac, 6);
 		__builtin_memcpy(macs.src, fib.smac, 6);
-		if (st(x, 0, &macs, 12))
-			return pass;
-		if (x->xdp) {
-			if (fib.ifindex == x->ifindex)
-				return XDP_TX;
-			return bpf_redirect(fib.ifindex, 0);
-		}
-		return bpf_redirect(fib.ifindex, 0);
+		goto redirect;
 	}
 	if (!x->xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		/* Let the kernel resolve the neighbour and fill L2. */
@@ -441,6 +536,12 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	 * ICMP error), ...: the kernel routes the already-rewritten packet. */
 	return pass;
 #undef fib
+redirect:
+	if (st(x, 0, &macs, 12))
+		return pass;
+	if (x->xdp && oif == x->ifindex)
+		return XDP_TX;
+	return bpf_redirect(oif, 0);
 }
 
 static __noinline int forward_xdp(struct xdp_md *ctx, const struct fwd_args *a)
@@ -961,11 +1062,16 @@ static __always_inline int new_flow(struct xctx *x, struct scratch *sc, struct s
 	return apply_and_forward(x, p, &sc->fe);
 }
 
-/* TCP/UDP packet with a parsed tuple. */
-static __always_inline int lb_body(struct xctx *x, struct pkt *p)
+/* TCP/UDP packet with a parsed tuple. ct_miss: the fast path has just
+ * looked the tuple up and found no entry (a lookup costs ~30 ns even when
+ * warm; another CPU inserting the same tuple in between is the same race as
+ * between any lookup and insert). */
+static __always_inline int lb_body(struct xctx *x, struct pkt *p, bool ct_miss)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &p->t);
+	struct ct_entry *e = NULL;
+	if (!ct_miss)
+		e = bpf_map_lookup_elem(&conntrack, &p->t);
 
 	if (e && ct_alive(e, now)) {
 		if (e->flags & XLB_CT_F_REPLY) {
@@ -997,16 +1103,16 @@ static __always_inline int lb_body(struct xctx *x, struct pkt *p)
 	return new_flow(x, container_of_pkt(p), s, now);
 }
 
-static __noinline int lb_xdp(struct xdp_md *ctx, struct pkt *p)
+static __noinline int lb_xdp(struct xdp_md *ctx, struct pkt *p, bool ct_miss)
 {
 	struct xctx x = XCTX_XDP(ctx);
-	return lb_body(&x, p);
+	return lb_body(&x, p, ct_miss);
 }
 
-static __noinline int lb_tc(struct __sk_buff *ctx, struct pkt *p)
+static __noinline int lb_tc(struct __sk_buff *ctx, struct pkt *p, bool ct_miss)
 {
 	struct xctx x = XCTX_TC(ctx);
-	return lb_body(&x, p);
+	return lb_body(&x, p, ct_miss);
 }
 
 /* ---------- ICMP errors ---------- */
@@ -1338,7 +1444,7 @@ static __always_inline int process_v6(struct xctx *x, struct pkt *p)
 	return verdict(x, XV_PASS);
 }
 
-static __always_inline int xlb_process(struct xctx *x)
+static __always_inline int xlb_process(struct xctx *x, bool ct_miss)
 {
 	__be16 proto;
 	struct scratch *sc = scratch();
@@ -1364,56 +1470,10 @@ static __always_inline int xlb_process(struct xctx *x)
 	}
 	/* The heavy parts run as subprograms called from this small frame. */
 	if (r == XR_LB)
-		return x->xdp ? lb_xdp(x->ctx, p) : lb_tc(x->ctx, p);
+		return x->xdp ? lb_xdp(x->ctx, p, ct_miss) : lb_tc(x->ctx, p, ct_miss);
 	if (r == XR_ICMP)
 		return icmp_error(x, p, p->l4off);
 	return r;
-}
-
-/* ---------- FIB cache (fast path) ---------- */
-
-/*
- * bpf_fib_lookup costs ~45 ns per packet here, half of an established-flow
- * packet. The fast path keeps its successful results in a small per-CPU,
- * direct-mapped cache keyed by everything the lookup depends on (ingress
- * ifindex, family, L4 protocol, source and destination) and reuses them for
- * XLB_FIB_TTL_NS: a route or neighbour change reaches established flows
- * within that time. The MTU check is kept: a slot remembers the largest L3
- * length that passed it, a longer packet does a full lookup. Only successes
- * are cached (no neighbour, no route, MTU exceeded: always the full path).
- * Per CPU, and an xlb program never nests with another on one CPU (see
- * struct scratch), so plain stores are enough.
- */
-#define XLB_FIB_SLOTS 256
-#define XLB_FIB_TTL_NS (100 * 1000 * 1000ULL)
-
-struct fib_slot {
-	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() */
-	__be32 src[4];
-	__be32 dst[4];
-	__u32 ifindex; /* ingress */
-	__u32 oif;     /* egress (fib result) */
-	__u16 max_len; /* largest L3 length that passed the MTU check */
-	__u8 family;
-	__u8 l4proto;
-	__u8 dmac[6];
-	__u8 smac[6];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XLB_FIB_SLOTS);
-	__uint(key_size, sizeof(__u32));
-	/* value_size, not __type: private to the C code (not exported to Go). */
-	__uint(value_size, sizeof(struct fib_slot));
-} xlb_fib_cache SEC(".maps");
-
-static __always_inline __u32 fib_slot_of(__u32 ifindex, const __be32 *src, const __be32 *dst)
-{
-	__u32 h = dst[0] ^ dst[1] ^ dst[2] ^ dst[3] ^ (src[3] * 0x9e3779b1u) ^ (src[0] * 0x85ebca6bu) ^ ifindex;
-	h ^= h >> 16;
-	h ^= h >> 8;
-	return h & (XLB_FIB_SLOTS - 1);
 }
 
 /* ---------- the fast path ---------- */
@@ -1430,6 +1490,9 @@ static __always_inline __u32 fib_slot_of(__u32 ifindex, const __be32 *src, const
  * same bytes, verdicts and counters (see bpf/README.md).
  */
 #define XF_SLOW (-1)
+/* Slow path, and the fast path found no conntrack entry for the tuple but a
+ * service: a new flow, the slow path need not look conntrack up again. */
+#define XF_NEW (-2)
 
 static __always_inline int fast_body(void *ctx, bool xdp)
 {
@@ -1523,7 +1586,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 		sk.proto = k.proto;
 		sk.family = k.family;
 		if (bpf_map_lookup_elem(&services, &sk))
-			return XF_SLOW; /* new flow */
+			return XF_NEW; /* new flow */
 		struct global_counters *g = gstats();
 		if (g) {
 			g->rx++;
@@ -1660,13 +1723,11 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
 		return pass;
 	__u8 fam = k.family, proto = k.proto;
-	__u32 slot = fib_slot_of(ifindex, nsrc, ndst);
-	struct fib_slot *fs = bpf_map_lookup_elem(&xlb_fib_cache, &slot);
+	struct fib_slot *fs = fib_slot_get(ifindex, nsrc, ndst);
 	if (!fs)
 		return pass;
 	__u32 oif;
-	if (fs->expires_ns > cnow && fs->ifindex == ifindex && fs->family == fam && fs->l4proto == proto &&
-	    l3len <= fs->max_len && addr_eq(fs->dst, ndst) && addr_eq(fs->src, nsrc)) {
+	if (fib_slot_hit(fs, cnow, ifindex, fam, proto, l3len, nsrc, ndst)) {
 		oif = fs->oif;
 	} else {
 		struct bpf_fib_lookup fib;
@@ -1691,20 +1752,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 			return pass;
 		}
 		oif = fib.ifindex;
-		__u16 max_len = l3len;
-		if (fs->expires_ns > cnow && fs->ifindex == ifindex && fs->family == fam && fs->l4proto == proto &&
-		    fs->oif == oif && fs->max_len > max_len && addr_eq(fs->dst, ndst) && addr_eq(fs->src, nsrc))
-			max_len = fs->max_len;
-		fs->expires_ns = cnow + XLB_FIB_TTL_NS;
-		addr_copy(fs->src, nsrc);
-		addr_copy(fs->dst, ndst);
-		fs->ifindex = ifindex;
-		fs->oif = oif;
-		fs->max_len = max_len;
-		fs->family = fam;
-		fs->l4proto = proto;
-		__builtin_memcpy(fs->dmac, fib.dmac, 6);
-		__builtin_memcpy(fs->smac, fib.smac, 6);
+		fib_slot_fill(fs, cnow, ifindex, fam, proto, l3len, nsrc, ndst, &fib);
 	}
 
 	if (xdp) {
@@ -1737,34 +1785,34 @@ static __noinline int fast_tc(struct __sk_buff *ctx)
 }
 
 /* The full datapath (xlb_process) for what the fast path does not handle. */
-static __noinline int slow_xdp(struct xdp_md *ctx)
+static __noinline int slow_xdp(struct xdp_md *ctx, bool ct_miss)
 {
 	struct xctx x = XCTX_XDP(ctx);
-	return xlb_process(&x);
+	return xlb_process(&x, ct_miss);
 }
 
-static __noinline int slow_tc(struct __sk_buff *ctx)
+static __noinline int slow_tc(struct __sk_buff *ctx, bool ct_miss)
 {
 	struct xctx x = XCTX_TC(ctx);
-	return xlb_process(&x);
+	return xlb_process(&x, ct_miss);
 }
 
 SEC("tc")
 int xlb_tc(struct __sk_buff *skb)
 {
 	int r = fast_tc(skb);
-	if (r != XF_SLOW)
+	if (r != XF_SLOW && r != XF_NEW)
 		return r;
-	return slow_tc(skb);
+	return slow_tc(skb, r == XF_NEW);
 }
 
 SEC("xdp")
 int xlb_xdp(struct xdp_md *ctx)
 {
 	int r = fast_xdp(ctx);
-	if (r != XF_SLOW)
+	if (r != XF_SLOW && r != XF_NEW)
 		return r;
-	return slow_xdp(ctx);
+	return slow_xdp(ctx, r == XF_NEW);
 }
 
 /* Benchmark floor: the cheapest program that still parses what xlb parses
