@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/dataplane"
 	"github.com/xlb-dev/xlb/test/bench/pktgen"
@@ -16,16 +19,32 @@ import (
 
 const ppsPort = 5353
 
+// Variant names, shared by the tables and the ratio notes.
+const (
+	vFloor = "floor: dropped at the LB's ingress (XDP)"
+	vFwd   = "floor: fixed XDP redirect to backend 0"
+	vPlain = "plain routing (no LB)"
+	vNft   = "nftables DNAT (numgen)"
+	vXDP   = "xlb xdp"
+	vTCX   = "xlb tcx"
+)
+
 // variant is one way of getting client traffic to the backends.
 type variant struct {
 	name  string
 	plain bool // send to backend 0's address instead of the VIP
 	setup func(ctx context.Context) (teardown func() error, err error)
+	// count reads the packets counted where this variant delivers them
+	// (nil: the backends' sink).
+	count func() (uint64, error)
 }
 
 func nftVariant(topo *netns.Topology, vip netip.Addr, port uint16) variant {
-	b0, b1 := topo.Backends[0].Link.Addr4, topo.Backends[1].Link.Addr4
-	table := "xlbbench" + topo.Prefix
+	return nftVariantIn(topo.LB.NS, "xlbbench"+topo.Prefix, vip, port,
+		topo.Backends[0].Link.Addr4, topo.Backends[1].Link.Addr4)
+}
+
+func nftVariantIn(lb *netns.NS, table string, vip netip.Addr, port uint16, b0, b1 netip.Addr) variant {
 	rules := fmt.Sprintf(`table ip %s {
 	chain pre {
 		type nat hook prerouting priority dstnat; policy accept;
@@ -33,25 +52,29 @@ func nftVariant(topo *netns.Topology, vip netip.Addr, port uint16) variant {
 	}
 }
 `, table, vip, port, b0, b1)
-	return variant{name: "nftables DNAT (numgen)", setup: func(ctx context.Context) (func() error, error) {
-		cmd := topo.LB.Command(ctx, "nft", "-f", "-")
+	return variant{name: vNft, setup: func(ctx context.Context) (func() error, error) {
+		cmd := lb.Command(ctx, "nft", "-f", "-")
 		cmd.Stdin = strings.NewReader(rules)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("nft: %w: %s", err, out)
 		}
 		return func() error {
-			_, err := topo.LB.Run(context.Background(), "nft", "delete", "table", "ip", table)
+			_, err := lb.Run(context.Background(), "nft", "delete", "table", "ip", table)
 			return err
 		}, nil
 	}}
 }
 
 func xlbVariant(topo *netns.Topology, hook dataplane.Hook, svcs []dataplane.Service) variant {
+	return xlbVariantIn(topo.LB.NS, topo.LB.Interfaces(), hook, svcs)
+}
+
+func xlbVariantIn(lb *netns.NS, ifaces []string, hook dataplane.Hook, svcs []dataplane.Service) variant {
 	return variant{name: "xlb " + string(hook), setup: func(ctx context.Context) (func() error, error) {
 		var dp *dataplane.Dataplane
-		err := topo.LB.Do(func() error {
+		err := lb.Do(func() error {
 			var err error
-			dp, err = dataplane.New(ctx, dataplane.Config{Hook: hook, Interfaces: topo.LB.Interfaces(),
+			dp, err = dataplane.New(ctx, dataplane.Config{Hook: hook, Interfaces: ifaces,
 				ConntrackFlows: 65536, MaxServices: 64, MaxBackends: 256})
 			if err != nil {
 				return err
@@ -76,20 +99,108 @@ func xlbVariant(topo *netns.Topology, hook dataplane.Hook, svcs []dataplane.Serv
 }
 
 func plainVariant() variant {
-	return variant{name: "plain routing (no LB)", plain: true, setup: func(context.Context) (func() error, error) {
+	return variant{name: vPlain, plain: true, setup: func(context.Context) (func() error, error) {
 		return func() error { return nil }, nil
 	}}
 }
 
+// floorVariant drops the generator's packets in an XDP program on the LB's
+// client-facing veth: the cost of generating a frame and moving it across
+// one veth, which every other variant pays too. Its own sink counts them.
+func floorVariant(n *ppsNet) variant {
+	var cur *pktgen.Sink // set while the variant is set up
+	return variant{name: vFloor, plain: true,
+		count: func() (uint64, error) {
+			if cur == nil {
+				return 0, errors.New("floor sink not attached")
+			}
+			return cur.Count()
+		},
+		setup: func(context.Context) (func() error, error) {
+			l, err := pktgen.NewSink(ppsPort)
+			if err != nil {
+				return nil, err
+			}
+			err = n.lb.Do(func() error {
+				ifi, err := net.InterfaceByName(n.napiIf)
+				if err != nil {
+					return err
+				}
+				return l.Attach(ifi.Index)
+			})
+			if err != nil {
+				return nil, errors.Join(err, l.Close())
+			}
+			cur = l
+			return func() error { cur = nil; return l.Close() }, nil
+		}}
+}
+
+// fwdVariant forwards the generator's packets (sent to backend 0's address)
+// with bench_fwd on the LB's client-facing veth: fixed MACs and an
+// XDP_REDIRECT to backend 0's veth, no lookup. It is the cheapest possible
+// XDP forwarder on this path, so xlb xdp minus it is xlb's own work.
+func fwdVariant(n *ppsNet) variant {
+	return variant{name: vFwd, plain: true, setup: func(context.Context) (func() error, error) {
+		f, err := pktgen.NewForwarder(ppsPort, n.fwdIndex, n.fwdDst, n.fwdSrc)
+		if err != nil {
+			return nil, err
+		}
+		err = n.lb.Do(func() error {
+			ifi, err := net.InterfaceByName(n.napiIf)
+			if err != nil {
+				return err
+			}
+			return f.Attach(ifi.Index)
+		})
+		if err != nil {
+			return nil, errors.Join(err, f.Close())
+		}
+		return f.Close, nil
+	}}
+}
+
+// ppsMinRounds is the least number of interleaved rounds of the packets/s
+// comparison on the direct topology: a sample is short, and on 2 shared
+// vCPUs single samples spread by ±15 %, so a median needs more than 3.
+const ppsMinRounds = 5
+
+// ppsGenCPU is the CPU the generator's thread is pinned to. With veths the
+// whole path (generator, the LB's receive processing, forwarding, the
+// backends' sinks) runs inline in softirq on the generator's CPU, so the
+// pin keeps a sample on one CPU instead of letting the scheduler migrate it
+// halfway. (Threaded NAPI on the LB's veth, to put the LB on the other CPU,
+// was tried: the generator then overruns the veth's 256-frame ring and the
+// cross-CPU wakeups and page recycling cut every variant to 0.2–0.6 Mpps.)
+const ppsGenCPU = 0
+
 func runPPS(ctx context.Context, cfg config, rep *report) error {
-	topo, err := netns.Build(ctx, netns.Options{Backends: 2})
+	direct, err := buildDirect(ctx, 2)
 	if err != nil {
 		return err
 	}
-	defer topo.Close()
+	err = ppsOn(ctx, max(cfg.rounds, ppsMinRounds), cfg.sample, rep, &direct.net, "pps")
+	if cerr := direct.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if err != nil {
+		return err
+	}
+	// The same comparison on the shared e2e topology (a bridge in a segment
+	// namespace between the LB and the backends), as a reference for the
+	// earlier reports.
+	bridge, err := netns.Build(ctx, netns.Options{Backends: 2})
+	if err != nil {
+		return err
+	}
+	defer bridge.Close()
+	return ppsOn(ctx, cfg.rounds, cfg.sample, rep, bridgeNet(bridge), "pps-bridge")
+}
+
+func ppsOn(ctx context.Context, rounds int, sample time.Duration, rep *report, n *ppsNet, key string) error {
 	vip := netns.VIP4(0)
-	for _, b := range topo.Backends {
-		if _, err := topo.LB.Run(ctx, "ping", "-c1", "-W2", b.Link.Addr4.String()); err != nil {
+	for _, b := range n.backends {
+		if _, err := n.lb.Run(ctx, "ping", "-c1", "-W2", b.addr.String()); err != nil {
 			return err
 		}
 	}
@@ -98,14 +209,14 @@ func runPPS(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 	defer sink.Close()
-	for _, b := range topo.Backends {
-		if err := b.Do(func() error { return sink.Attach(b.Link.Index) }); err != nil {
+	for _, b := range n.backends {
+		if err := b.ns.Do(func() error { return sink.Attach(b.index) }); err != nil {
 			return err
 		}
 	}
 	mkgen := func(dst netip.Addr) (*pktgen.Generator, error) {
-		f, err := pktgen.UDPFrame(topo.Client.Link.MAC, topo.LB.ClientLink.MAC,
-			netip.AddrPortFrom(topo.Client.Link.Addr4, 10000), netip.AddrPortFrom(dst, ppsPort))
+		f, err := pktgen.UDPFrame(n.clientMAC, n.lbMAC,
+			netip.AddrPortFrom(n.clientIP, 10000), netip.AddrPortFrom(dst, ppsPort))
 		if err != nil {
 			return nil, err
 		}
@@ -116,7 +227,7 @@ func runPPS(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 	defer genVIP.Close()
-	genPlain, err := mkgen(topo.Backends[0].Link.Addr4)
+	genPlain, err := mkgen(n.backends[0].addr)
 	if err != nil {
 		return err
 	}
@@ -124,82 +235,109 @@ func runPPS(ctx context.Context, cfg config, rep *report) error {
 
 	svc := dataplane.Service{Name: "pps", VIP: vip, Port: ppsPort, Protocol: dataplane.UDP,
 		NATMode: dataplane.NATDefault, Algorithm: dataplane.AlgoMaglev}
-	for _, b := range topo.Backends {
-		svc.Backends = append(svc.Backends, dataplane.Backend{Addr: b.Link.Addr4, Port: ppsPort, Weight: 1})
+	for _, b := range n.backends {
+		svc.Backends = append(svc.Backends, dataplane.Backend{Addr: b.addr, Port: ppsPort, Weight: 1})
 	}
 	variants := []variant{
+		floorVariant(n),
+		fwdVariant(n),
 		plainVariant(),
-		nftVariant(topo, vip, ppsPort),
-		xlbVariant(topo, dataplane.HookXDP, []dataplane.Service{svc}),
-		xlbVariant(topo, dataplane.HookTCX, []dataplane.Service{svc}),
+		nftVariantIn(n.lb, "xlbbench", vip, ppsPort, n.backends[0].addr, n.backends[1].addr),
+		xlbVariantIn(n.lb, n.lbIfaces, dataplane.HookXDP, []dataplane.Service{svc}),
+		xlbVariantIn(n.lb, n.lbIfaces, dataplane.HookTCX, []dataplane.Service{svc}),
 	}
 	rx := map[string][]float64{}
 	tx := map[string][]float64{}
-	for round := range cfg.rounds {
+	for round := range rounds {
 		for _, v := range variants {
 			gen := genVIP
 			if v.plain {
 				gen = genPlain
 			}
-			recv, sent, err := ppsSample(ctx, topo, sink, gen, v, cfg.sample)
+			recv, sent, err := ppsSample(ctx, n, sink, gen, v, sample)
 			if err != nil {
-				return fmt.Errorf("round %d, %s: %w", round+1, v.name, err)
+				return fmt.Errorf("%s topology, round %d, %s: %w", n.name, round+1, v.name, err)
 			}
-			log.Printf("pps round %d %-24s rx %.3f Mpps (generated %.3f Mpps)", round+1, v.name, recv/1e6, sent/1e6)
+			log.Printf("pps %s round %d %-42s rx %.3f Mpps (generated %.3f Mpps)", n.name, round+1, v.name, recv/1e6, sent/1e6)
 			rx[v.name] = append(rx[v.name], recv)
 			tx[v.name] = append(tx[v.name], sent)
 		}
 	}
-	t := rep.table("pps", "64-byte UDP packets/s through the LB (live-frames generator, 2 backends)",
-		"variant", "received Mpps (median)", "samples", "generated Mpps (median)")
+	t := rep.table(key, fmt.Sprintf("64-byte UDP packets/s through the LB (%s topology, 2 backends, %d rounds)", n.name, rounds),
+		"variant", "received Mpps (median)", "samples", "generated Mpps (median)", "ns/packet over floor")
 	mpps := func(x float64) string { return fmt.Sprintf("%.3f", x/1e6) }
-	for _, v := range variants {
-		t.add(v.name, mpps(median(rx[v.name])), fmtSamples(rx[v.name], mpps), mpps(median(tx[v.name])))
-	}
 	m := func(name string) float64 { return median(rx[name]) }
-	t.note("xlb XDP / nftables: **%s** (target ≥ 2.5×).", ratio(m("xlb xdp"), m("nftables DNAT (numgen)")))
-	t.note("xlb XDP / plain routing: **%s** (target ≥ 1.8×).", ratio(m("xlb xdp"), m("plain routing (no LB)")))
-	t.note("xlb tcx / nftables: **%s** (target ≥ 1.1×).", ratio(m("xlb tcx"), m("nftables DNAT (numgen)")))
+	for _, v := range variants {
+		over := "–"
+		if v.name != vFloor && m(v.name) > 0 && m(vFloor) > 0 {
+			// 1/rate is the CPU time per packet of the whole path (it all runs
+			// on one CPU); minus the floor's, it is what this variant adds.
+			over = fmt.Sprintf("%.0f", 1e9/m(v.name)-1e9/m(vFloor))
+		}
+		t.add(v.name, mpps(m(v.name)), fmtSamples(rx[v.name], mpps), mpps(median(tx[v.name])), over)
+	}
+	if m(vFwd) > 0 && m(vXDP) > 0 {
+		t.note("xlb xdp costs **%.0f ns/packet** more than the fixed XDP redirect (its own lookups and rewrite); "+
+			"nftables DNAT adds %.0f ns/packet to the path and plain routing %.0f, against %.0f for xlb xdp (all over the drop floor).",
+			1e9/m(vXDP)-1e9/m(vFwd), 1e9/m(vNft)-1e9/m(vFloor), 1e9/m(vPlain)-1e9/m(vFloor), 1e9/m(vXDP)-1e9/m(vFloor))
+	}
+	t.note("xlb XDP / nftables: **%s** (target ≥ 2.5×).", ratio(m(vXDP), m(vNft)))
+	t.note("xlb XDP / plain routing: **%s** (target ≥ 1.8×).", ratio(m(vXDP), m(vPlain)))
+	t.note("xlb tcx / nftables: **%s** (target ≥ 1.1×).", ratio(m(vTCX), m(vNft)))
+	t.note("Ceiling of those ratios in this run — a load balancer that costs nothing (the fixed XDP redirect): "+
+		"/ nftables %s, / plain routing %s; the generator and the veth hops cost %.0f ns/packet (1 / drop floor).",
+		ratio(m(vFwd), m(vNft)), ratio(m(vFwd), m(vPlain)), 1e9/m(vFloor))
 	return nil
 }
 
 // ppsSample sets a variant up, warms it (neighbours, conntrack), and
-// measures packets counted at the backends per second of generation.
-func ppsSample(ctx context.Context, topo *netns.Topology, sink *pktgen.Sink, gen *pktgen.Generator, v variant, d time.Duration) (recv, sent float64, err error) {
+// measures packets counted at the sinks per second of generation.
+func ppsSample(ctx context.Context, n *ppsNet, sink *pktgen.Sink, gen *pktgen.Generator, v variant, d time.Duration) (recv, sent float64, err error) {
 	teardown, err := v.setup(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer func() { err = errors.Join(err, teardown()) }()
+	count := sink.Count
+	if v.count != nil {
+		count = v.count
+	}
 	run := func(d time.Duration) (uint64, time.Duration, error) {
-		var n uint64
+		var cnt uint64
 		var el time.Duration
-		err := topo.Client.Do(func() error {
+		err := n.client.Do(func() error {
+			// This thread is locked and dies with its goroutine (NS.Do),
+			// so the affinity cannot leak into other goroutines.
+			var set unix.CPUSet
+			set.Set(ppsGenCPU)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				return fmt.Errorf("pin generator to CPU %d: %w", ppsGenCPU, err)
+			}
 			t0 := time.Now()
 			var err error
-			n, err = gen.Run(ctx, topo.Client.Link.Index, d, 1<<16)
+			cnt, err = gen.Run(ctx, n.clientIf, d, 1<<16)
 			el = time.Since(t0)
 			return err
 		})
-		return n, el, err
+		return cnt, el, err
 	}
 	if _, _, err := run(300 * time.Millisecond); err != nil {
 		return 0, 0, err
 	}
-	c0, err := sink.Count()
+	c0, err := count()
 	if err != nil {
 		return 0, 0, err
 	}
-	n, el, err := run(d)
+	cnt, el, err := run(d)
 	if err != nil {
 		return 0, 0, err
 	}
-	c1, err := sink.Count()
+	c1, err := count()
 	if err != nil {
 		return 0, 0, err
 	}
 	if c1 == c0 {
-		return 0, 0, fmt.Errorf("no packet reached the backends (%d generated)", n)
+		return 0, 0, fmt.Errorf("no packet reached the sink (%d generated)", cnt)
 	}
-	return float64(c1-c0) / el.Seconds(), float64(n) / el.Seconds(), nil
+	return float64(c1-c0) / el.Seconds(), float64(cnt) / el.Seconds(), nil
 }

@@ -144,9 +144,10 @@ func (r *report) markdown(cfg config) string {
 
 const methodText = `## Method
 
-Topology (test/netns): client namespace —veth— load-balancer namespace —veth— backend-segment
-namespace (Linux bridge) —veth— backend namespaces. GRO is on for every veth end (it gives each
-veth the NAPI context that native XDP_REDIRECT into a veth needs).
+Topology of ns/packet, TCP and HTTP (test/netns): client namespace —veth— load-balancer namespace
+—veth— backend-segment namespace (Linux bridge) —veth— backend namespaces. GRO is on for every veth
+end (it gives each veth the NAPI context that native XDP_REDIRECT into a veth needs). The
+packets/s comparison has its own topology (below).
 
 - **ns/packet** — BPF_PROG_TEST_RUN in the LB namespace (so the ingress ifindex and the FIB are
   real) with the datapath loaded by ` + "`dataplane.New`" + ` (1M-flow conntrack map) after Apply of the
@@ -157,15 +158,33 @@ veth the NAPI context that native XDP_REDIRECT into a veth needs).
   = 1), each a SYN from a different client address:port, so each creates a flow (selection +
   two conntrack inserts); single-run times include ~tens of ns of timer overhead, so they are
   compared with the floor measured the same way. *Floor*: ` + "`xlb_floor`" + ` (parse and pass).
-- **packets/s** — 64-byte (60 + FCS) IPv4 UDP frames from an XDP program run with
-  BPF_F_TEST_XDP_LIVE_FRAMES in the client namespace (test/bench/pktgen): it rewrites each frame
-  from a template (live-frame pages are recycled, and the LB rewrites them in place) with one of
-  256 source ports, and transmits it with XDP_TX into the LB's veth. Backends count and drop the
-  packets in an XDP program on their veth. Variants, interleaved per round: plain routing to one
-  backend address (no LB), nftables DNAT with ` + "`numgen inc mod 2`" + ` over 2 backends, xlb XDP, xlb tcx
-  (xlb: Maglev, default NAT mode, 2 backends). The figure is packets counted at the backends per
-  second of generation; the generator, the LB and the backends share the CPU that runs the
-  generator (softirq processing is inline), so this is the cost of the whole path per packet.
+- **packets/s** — what it measures: the CPU time one packet costs on the whole path, of which the
+  load balancer is one part. Topology (test/bench/topo.go, bench only): client namespace —veth—
+  LB namespace, and one point-to-point veth pair (a /30) from the LB namespace to each of 2
+  backend namespaces: a packet crosses exactly two veth pairs and the LB; no bridge, no third
+  namespace. GRO is on for every veth end (NAPI for XDP_TX/XDP_REDIRECT into it). Generator:
+  an XDP program run with BPF_F_TEST_XDP_LIVE_FRAMES in the client namespace (test/bench/pktgen)
+  writes each 64-byte (60 + FCS) IPv4 UDP frame from a template (live-frame pages are recycled and
+  the LB rewrites them in place) with one of 256 source ports, and sends it with XDP_TX into the
+  LB's veth. Sinks: an XDP program on each backend's veth counts and drops the packets, so no
+  backend stack is traversed. The figure is packets counted at the sinks per second of generation.
+  CPUs: the generator's thread is pinned to CPU 0, and on veths everything it triggers — the LB's
+  receive processing, forwarding, the backends' sinks — runs inline in softirq on that same CPU,
+  so 1/rate is the CPU time per packet of the whole path. (Threaded NAPI on the LB's veth, to
+  run the LB on the other CPU, was tried and rejected: the generator overruns the veth's ring and
+  every variant falls to 0.2–0.6 Mpps.) Variants, all on the same topology and interleaved
+  (A B C … A B C …, at least 5 rounds; medians, every sample listed): *floor: dropped at the LB's
+  ingress* (an XDP drop on the LB's client-facing veth: generation plus one veth hop, paid by
+  every variant); *floor: fixed XDP redirect* (MAC rewrite + XDP_REDIRECT to backend 0's veth, no
+  lookup: the cheapest possible XDP forwarder); *plain routing* (the client sends to backend 0's
+  address and the LB's kernel routes it); *nftables DNAT* (` + "`numgen inc mod 2`" + ` over the 2 backends in
+  the LB's prerouting); *xlb xdp* and *xlb tcx* (Maglev, default NAT mode, 2 backends, 256
+  established flows). "ns/packet over floor" is 1/rate − 1/rate(drop floor): what the variant adds
+  to the path. The generator and the veth hops are a cost every variant shares, so the rate
+  ratios are bounded by what a load balancer can save out of it: the table's last note gives the
+  ratios a free load balancer (the fixed redirect) reaches in the same run. A second
+  table repeats the comparison on the e2e topology (bridge in a segment namespace, 3 rounds) for
+  continuity with earlier reports; there the bridge and the segment's stack dominate every variant.
 - **TCP** — one iperf3 stream, client → backend, through the VIP in tcx mode vs plain routing to
   the backend address. TX checksum offload stays on (TSO).
 - **HTTP** — wrk (1 thread, 16 connections) against in-process Go HTTP servers in the backend

@@ -177,6 +177,33 @@ func (s *Sink) Close() error {
 	return errors.Join(errs...)
 }
 
+// NewForwarder loads bench_fwd attached nowhere yet: UDP to port gets
+// dst/src MACs and is redirected to ifindex. Attach it like a Sink; its
+// counter stays zero.
+func NewForwarder(port uint16, ifindex int, dst, src net.HardwareAddr) (*Sink, error) {
+	if len(dst) != 6 || len(src) != 6 {
+		return nil, errors.New("forwarder: want 6-byte MAC addresses")
+	}
+	spec, err := loadPktgen()
+	if err != nil {
+		return nil, fmt.Errorf("load pktgen spec: %w", err)
+	}
+	macs := append(append([]byte(nil), dst...), src...)
+	for name, v := range map[string]any{"sink_port": port, "fwd_ifindex": uint32(ifindex), "fwd_macs": macs} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	var objs struct {
+		Prog  *ebpf.Program `ebpf:"bench_fwd"`
+		Count *ebpf.Map     `ebpf:"sink_count"`
+	}
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return nil, fmt.Errorf("load forwarder: %w", err)
+	}
+	return &Sink{prog: objs.Prog, count: objs.Count}, nil
+}
+
 // LoadFloor loads bench_floor, the parse-and-pass XDP floor program.
 func LoadFloor() (*ebpf.Program, error) {
 	spec, err := loadPktgen()

@@ -18,8 +18,11 @@ import (
 const (
 	pktgenMapSinkCount   = "sink_count"
 	pktgenProgBenchFloor = "bench_floor"
+	pktgenProgBenchFwd   = "bench_fwd"
 	pktgenProgBenchSink  = "bench_sink"
 	pktgenProgXlbPktgen  = "xlb_pktgen"
+	pktgenVarFwdIfindex  = "fwd_ifindex"
+	pktgenVarFwdMacs     = "fwd_macs"
 	pktgenVarSinkPort    = "sink_port"
 	pktgenVarSportBase   = "sport_base"
 	pktgenVarSportCount  = "sport_count"
@@ -69,6 +72,7 @@ type pktgenSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenProgramSpecs struct {
 	BenchFloor *ebpf.ProgramSpec `ebpf:"bench_floor"`
+	BenchFwd   *ebpf.ProgramSpec `ebpf:"bench_fwd"`
 	BenchSink  *ebpf.ProgramSpec `ebpf:"bench_sink"`
 	XlbPktgen  *ebpf.ProgramSpec `ebpf:"xlb_pktgen"`
 }
@@ -84,6 +88,8 @@ type pktgenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenVariableSpecs struct {
+	FwdIfindex *ebpf.VariableSpec `ebpf:"fwd_ifindex"`
+	FwdMacs    *ebpf.VariableSpec `ebpf:"fwd_macs"`
 	SinkPort   *ebpf.VariableSpec `ebpf:"sink_port"`
 	SportBase  *ebpf.VariableSpec `ebpf:"sport_base"`
 	SportCount *ebpf.VariableSpec `ebpf:"sport_count"`
@@ -123,6 +129,8 @@ func (m *pktgenMaps) Close() error {
 //
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenVariables struct {
+	FwdIfindex *ebpf.Variable `ebpf:"fwd_ifindex"`
+	FwdMacs    *ebpf.Variable `ebpf:"fwd_macs"`
 	SinkPort   *ebpf.Variable `ebpf:"sink_port"`
 	SportBase  *ebpf.Variable `ebpf:"sport_base"`
 	SportCount *ebpf.Variable `ebpf:"sport_count"`
@@ -134,6 +142,7 @@ type pktgenVariables struct {
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenPrograms struct {
 	BenchFloor *ebpf.Program `ebpf:"bench_floor"`
+	BenchFwd   *ebpf.Program `ebpf:"bench_fwd"`
 	BenchSink  *ebpf.Program `ebpf:"bench_sink"`
 	XlbPktgen  *ebpf.Program `ebpf:"xlb_pktgen"`
 }
@@ -141,6 +150,7 @@ type pktgenPrograms struct {
 func (p *pktgenPrograms) Close() error {
 	return _PktgenClose(
 		p.BenchFloor,
+		p.BenchFwd,
 		p.BenchSink,
 		p.XlbPktgen,
 	)

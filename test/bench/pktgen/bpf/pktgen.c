@@ -13,6 +13,11 @@
  * bench_sink — counts (per CPU) and drops UDP to sink_port over IPv4/IPv6;
  *   passes everything else (ARP, ND) so neighbour resolution still works.
  *
+ * bench_fwd — the forwarding floor: UDP to sink_port gets fixed MAC addresses
+ *   (fwd_macs: destination, source) and XDP_REDIRECT to fwd_ifindex, with no
+ *   lookup of any kind; what an XDP load balancer costs at least on a path
+ *   where it must hand every packet to another interface.
+ *
  * bench_floor — parse Ethernet/IP/L4 and pass: the cost floor of an XDP
  *   program that looks at the packet, used when the datapath object has no
  *   xlb_floor.
@@ -32,6 +37,8 @@ volatile const __u32 tmpl[FRAME_LEN / 4];
 volatile const __u16 sport_base;  /* host order */
 volatile const __u16 sport_count; /* power of two, >= 1 */
 volatile const __u16 sink_port;   /* host order */
+volatile const __u32 fwd_ifindex;
+volatile const __u8 fwd_macs[12]; /* destination, source */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -96,6 +103,23 @@ int bench_sink(struct xdp_md *ctx)
 	if (c)
 		*c += 1;
 	return XDP_DROP;
+}
+
+SEC("xdp")
+int bench_fwd(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u8 *eth = data;
+
+	if (!is_sink_udp(data, end))
+		return XDP_PASS;
+	if ((void *)(eth + 12) > end)
+		return XDP_PASS;
+#pragma unroll
+	for (int i = 0; i < 12; i++)
+		eth[i] = fwd_macs[i];
+	return bpf_redirect(fwd_ifindex, 0);
 }
 
 SEC("xdp")
