@@ -42,6 +42,11 @@ type ServiceSpec struct {
 	// SourceRanges: allowed client CIDRs (loadBalancerSourceRanges); empty = all.
 	SourceRanges []string  `json:"sourceRanges,omitempty"`
 	Backends     []Backend `json:"backends"`
+	// DrainTimeoutSeconds: how long a draining backend (weight 0) keeps its
+	// established flows; when it passes, they are cut (their conntrack
+	// entries deleted, see docs/health.md). 0 (default) = no timeout: they
+	// live until they end.
+	DrainTimeoutSeconds uint32 `json:"drainTimeoutSeconds,omitempty"`
 	// Probe: active health checking of the backends (nil = none).
 	Probe *Probe `json:"probe,omitempty"`
 	// BGP: per-service announcement settings (nil = global defaults).
@@ -77,6 +82,10 @@ type Probe struct {
 	TimeoutMillis      uint32 `json:"timeoutMillis,omitempty"`
 	FailureThreshold   uint32 `json:"failureThreshold,omitempty"`
 	SuccessThreshold   uint32 `json:"successThreshold,omitempty"`
+	// OnDown: what happens to the established flows of a backend the probe
+	// marks down: keep (default: they continue, only new flows avoid it) or
+	// reset (they are cut at once and re-balanced; see docs/health.md).
+	OnDown string `json:"onDown,omitempty"`
 }
 
 // ServiceBGP are per-service announcement settings.

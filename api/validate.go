@@ -41,6 +41,12 @@ const (
 	DefaultProbeSuccessThreshold = 2
 )
 
+// Values of Probe.OnDown.
+const (
+	OnDownKeep  = "keep"  // established flows of a down backend continue (default)
+	OnDownReset = "reset" // they are cut when the backend goes down
+)
+
 // Allowed values, as printed in Error.Allowed.
 var (
 	Protocols      = []string{"tcp", "udp"}
@@ -48,6 +54,7 @@ var (
 	Algorithms     = []string{"rr", "random", "maglev", "persist", "lc"}
 	ProbeTypes     = []string{"tcp", "udp", "http", "https", "ping", "none"}
 	ProbeMethods   = []string{"GET", "HEAD"}
+	OnDownPolicies = []string{OnDownKeep, OnDownReset}
 	WellKnownComms = []string{"no-export", "no-advertise", "no-export-subconfed", "no-peer", "blackhole", "graceful-shutdown"}
 )
 
@@ -254,6 +261,9 @@ func ValidateService(s *Service, opt ValidateOptions) error {
 	if sp.AffinityTimeoutSeconds > MaxTimeoutSeconds {
 		return invalid(sf+"affinityTimeoutSeconds", strconv.FormatUint(uint64(sp.AffinityTimeoutSeconds), 10), "affinity timeout too long", fmt.Sprintf("0 (default) or 1-%d", MaxTimeoutSeconds))
 	}
+	if sp.DrainTimeoutSeconds > MaxTimeoutSeconds {
+		return invalid(sf+"drainTimeoutSeconds", strconv.FormatUint(uint64(sp.DrainTimeoutSeconds), 10), "drain timeout too long", fmt.Sprintf("0 (no timeout: draining flows live until they end) or 1-%d", MaxTimeoutSeconds))
+	}
 	if len(sp.SourceRanges) > MaxSourceRanges {
 		return invalid(sf+"sourceRanges", strconv.Itoa(len(sp.SourceRanges)), "too many source ranges", fmt.Sprintf("at most %d", MaxSourceRanges))
 	}
@@ -330,6 +340,9 @@ func ValidateInterfaceName(field, name string) error {
 func validateProbe(pf string, pr *Probe) error {
 	if !slices.Contains(ProbeTypes, pr.Type) {
 		return invalid(pf+"type", pr.Type, "invalid probe type", strings.Join(ProbeTypes, ", "))
+	}
+	if pr.OnDown != "" && !slices.Contains(OnDownPolicies, pr.OnDown) {
+		return invalid(pf+"onDown", pr.OnDown, "invalid onDown policy", strings.Join(OnDownPolicies, ", ")+" (empty = keep)")
 	}
 	isHTTP := pr.Type == "http" || pr.Type == "https"
 	if !isHTTP {
@@ -462,6 +475,7 @@ func DefaultService(s Service) Service {
 		Algorithm:              in.Algorithm,
 		IdleTimeoutSeconds:     in.IdleTimeoutSeconds,
 		AffinityTimeoutSeconds: in.AffinityTimeoutSeconds,
+		DrainTimeoutSeconds:    in.DrainTimeoutSeconds,
 	}
 	if sp.NATMode == "" {
 		sp.NATMode = "default"
@@ -538,6 +552,9 @@ func DefaultService(s Service) Service {
 		}
 		if pr.SuccessThreshold == 0 {
 			pr.SuccessThreshold = DefaultProbeSuccessThreshold
+		}
+		if pr.OnDown == "" {
+			pr.OnDown = OnDownKeep
 		}
 		if pr.Type == "http" || pr.Type == "https" {
 			if pr.Path == "" {

@@ -29,9 +29,10 @@ func validService() Service {
 				{Address: "10.1.0.1", Port: 8080},
 				{Address: "2001:db8:1::1", Port: 8080, Weight: u32(0)},
 			},
-			Probe: &Probe{Type: "http", Path: "/healthz", ExpectStatus: []int{200, 204}},
-			BGP:   &ServiceBGP{Communities: []string{"65000:100", "no-export"}, LargeCommunities: []string{"65000:1:2"}},
-			L2:    &ServiceL2{Interface: "eth0"},
+			DrainTimeoutSeconds: 30,
+			Probe:               &Probe{Type: "http", Path: "/healthz", ExpectStatus: []int{200, 204}, OnDown: "reset"},
+			BGP:                 &ServiceBGP{Communities: []string{"65000:100", "no-export"}, LargeCommunities: []string{"65000:1:2"}},
+			L2:                  &ServiceL2{Interface: "eth0"},
 		},
 	}
 }
@@ -95,6 +96,9 @@ func TestValidateFields(t *testing.T) {
 		{"backend weight", func(s *Service) { s.Spec.Backends[1].Weight = u32(65536) }, ValidateOptions{}, "spec.backends[1].weight", "65536", "0 (drain) to 65535"},
 		{"backend dup", func(s *Service) { s.Spec.Backends[1].Address = "10.1.0.2" }, ValidateOptions{}, "spec.backends[1].address", "10.1.0.2:8080", "at most once"},
 		{"probe type", func(s *Service) { s.Spec.Probe.Type = "grpc" }, ValidateOptions{}, "spec.probe.type", "grpc", "tcp, udp, http, https, ping, none"},
+		{"probe onDown", func(s *Service) { s.Spec.Probe.OnDown = "drop" }, ValidateOptions{}, "spec.probe.onDown", "drop", "keep, reset"},
+		{"probe onDown case", func(s *Service) { s.Spec.Probe.OnDown = "Reset" }, ValidateOptions{}, "spec.probe.onDown", "Reset", "keep, reset"},
+		{"drain timeout", func(s *Service) { s.Spec.DrainTimeoutSeconds = 86401 }, ValidateOptions{}, "spec.drainTimeoutSeconds", "86401", "1-86400"},
 		{"probe path on tcp", func(s *Service) { s.Spec.Probe.Type = "tcp"; s.Spec.Probe.ExpectStatus = nil }, ValidateOptions{}, "spec.probe.path", "/healthz", "empty for type tcp"},
 		{"probe path", func(s *Service) { s.Spec.Probe.Path = "healthz" }, ValidateOptions{}, "spec.probe.path", "healthz", "starting with '/'"},
 		{"probe method", func(s *Service) { s.Spec.Probe.Method = "DELETE" }, ValidateOptions{}, "spec.probe.method", "DELETE", "GET, HEAD"},
@@ -164,7 +168,7 @@ func TestDefaultService(t *testing.T) {
 			{Address: "10.0.0.1", Port: 54, Weight: &one},
 			{Address: "10.0.0.2", Port: 53, Weight: &one},
 		},
-		Probe: &Probe{Type: "https", Path: "/", Method: "GET", IntervalMillis: 500, TimeoutMillis: 400, FailureThreshold: 3, SuccessThreshold: 2},
+		Probe: &Probe{Type: "https", Path: "/", Method: "GET", IntervalMillis: 500, TimeoutMillis: 400, FailureThreshold: 3, SuccessThreshold: 2, OnDown: "keep"},
 	}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)

@@ -49,7 +49,19 @@ enum {
 	XV_FWD = 2, /* rewritten: forward (fib lookup + redirect) */
 };
 
-/* Internal results of the parser (program return codes are >= 0). */
+/*
+ * tc "pass": TC_ACT_UNSPEC, which tcx calls TCX_NEXT. xlb sits at the head
+ * of the tcx chain, and TC_ACT_OK (TCX_PASS) would end the chain there: the
+ * programs attached after ours (a CNI's, a firewall's) would never see the
+ * packet. So everything that xlb does not handle, and also a translated
+ * packet that is handed to the kernel's stack (no redirect), goes on to the
+ * next program; when none is left the kernel's default is to pass it.
+ * Drops (TC_ACT_SHOT) and redirects end the chain, as they must.
+ */
+#define TC_PASS TC_ACT_UNSPEC
+
+/* Internal results of the parser (program return codes are >= -1:
+ * TC_ACT_UNSPEC is -1). */
 #define XR_LB (-2)   /* TCP/UDP tuple parsed: load balance */
 #define XR_ICMP (-3) /* ICMP/ICMPv6 at p->l4off: maybe an error to translate */
 
@@ -481,7 +493,7 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 {
 	__u8 family = a->family;
 	const __be32 *src = a->src, *dst = a->dst;
-	int pass = x->xdp ? XDP_PASS : TC_ACT_OK;
+	int pass = x->xdp ? XDP_PASS : TC_PASS;
 	struct xlb_cfg *cfg = config();
 	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
 		return pass;
@@ -561,7 +573,7 @@ static __always_inline int forward(struct xctx *x, __u8 family, __u8 l4proto, co
 {
 	struct scratch *sc = scratch();
 	if (!sc)
-		return x->xdp ? XDP_PASS : TC_ACT_OK;
+		return x->xdp ? XDP_PASS : TC_PASS;
 	struct fwd_args *a = &sc->fa;
 	addr_copy(a->src, src);
 	addr_copy(a->dst, dst);
@@ -577,7 +589,7 @@ static __always_inline int verdict(struct xctx *x, int v)
 {
 	if (v == XV_DROP)
 		return x->xdp ? XDP_DROP : TC_ACT_SHOT;
-	return x->xdp ? XDP_PASS : TC_ACT_OK;
+	return x->xdp ? XDP_PASS : TC_PASS;
 }
 
 /* ---------- conntrack ---------- */
@@ -1489,10 +1501,10 @@ static __always_inline int xlb_process(struct xctx *x, bool ct_miss)
  * and is handled by xlb_process, which re-parses: the two paths produce the
  * same bytes, verdicts and counters (see bpf/README.md).
  */
-#define XF_SLOW (-1)
+#define XF_SLOW (-100) /* not a program return code (TC_PASS is -1) */
 /* Slow path, and the fast path found no conntrack entry for the tuple but a
  * service: a new flow, the slow path need not look conntrack up again. */
-#define XF_NEW (-2)
+#define XF_NEW (-101)
 
 static __always_inline int fast_body(void *ctx, bool xdp)
 {
@@ -1592,7 +1604,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 			g->rx++;
 			g->passed++;
 		}
-		return xdp ? XDP_PASS : TC_ACT_OK;
+		return xdp ? XDP_PASS : TC_PASS;
 	}
 
 	/* Age with the coarse clock (a precise bpf_ktime_get_ns costs ~30 ns
@@ -1718,7 +1730,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	}
 
 	/* Forwarding: as forward_body. */
-	int pass = xdp ? XDP_PASS : TC_ACT_OK;
+	int pass = xdp ? XDP_PASS : TC_PASS;
 	struct xlb_cfg *cfg = config();
 	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
 		return pass;

@@ -63,9 +63,12 @@ const (
 	xdpPass     = 2
 	xdpTX       = 3
 	xdpRedirect = 4
-	tcActOK     = 0
-	tcActShot   = 2
-	tcRedirect  = 7
+	// tcNext is TC_ACT_UNSPEC (-1) = TCX_NEXT: the tc entry hands what it
+	// does not handle, and translated packets left to the kernel, to the
+	// next program of the tcx chain (TC_ACT_OK would end the chain).
+	tcNext     = 0xffffffff
+	tcActShot  = 2
+	tcRedirect = 7
 )
 
 // Fixed MACs of crafted frames: with XLB_CFG_F_NO_FIB the datapath never
@@ -147,7 +150,7 @@ func (h *harness) setConfig(c xlbXlbCfg) {
 
 func (h *harness) progs() []prog {
 	return []prog{
-		{name: "tc", p: h.objs.XlbTc, pass: tcActOK, drop: tcActShot, fwd: tcActOK, redirect: tcRedirect, tx: tcRedirect},
+		{name: "tc", p: h.objs.XlbTc, pass: tcNext, drop: tcActShot, fwd: tcNext, redirect: tcRedirect, tx: tcRedirect},
 		{name: "xdp", p: h.objs.XlbXdp, pass: xdpPass, drop: xdpDrop, fwd: xdpPass, redirect: xdpRedirect, tx: xdpTX, xdp: true},
 	}
 }

@@ -251,6 +251,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stopBG()
 	<-bgDone
 	<-probeDone
+	d.mgr.Stop() // no drain-timeout flush once the datapath is closing
 	// Withdraw at once (NOTIFICATION: routers converge in about a second
 	// instead of a hold time) while the pinned datapath still forwards.
 	runErr = errors.Join(runErr, d.stopAnnouncing(shCtx))

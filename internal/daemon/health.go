@@ -64,13 +64,17 @@ func (p *Prober) SetTargets(ctx context.Context, services []api.Service) {
 		if s.Spec.Probe == nil || s.Spec.Probe.Type == "" || s.Spec.Probe.Type == "none" {
 			continue
 		}
+		// onDown is the daemon's policy, not a probing parameter: changing
+		// it must not restart the probe's streaks.
+		probe := *s.Spec.Probe
+		probe.OnDown = ""
 		for _, b := range s.Spec.Backends {
 			a, err := netip.ParseAddr(b.Address)
 			if err != nil {
 				continue
 			}
 			ap := netip.AddrPortFrom(a, b.Port)
-			t := health.Target{Service: s.Name, Backend: ap, Probe: *s.Spec.Probe}
+			t := health.Target{Service: s.Name, Backend: ap, Probe: probe}
 			if p.seededDown[s.Name][ap] {
 				t.InitialState = health.StateDown
 			}

@@ -74,6 +74,9 @@ type Manager struct {
 	restored   bool
 	applyErr   error // last full Apply failure, nil once one succeeded
 	applied    bool
+	// flows: onDown reset and drain timeouts (flowpolicy.go).
+	flows flowPolicy
+	after afterFunc
 }
 
 // NewManager returns a Manager with an empty desired set; call Restore
@@ -84,7 +87,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 	}
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
-	return &Manager{cfg: cfg, log: cfg.Logger, bootID: hex.EncodeToString(b[:]), desired: map[string]api.Service{}}
+	return &Manager{cfg: cfg, log: cfg.Logger, bootID: hex.EncodeToString(b[:]), desired: map[string]api.Service{}, after: realAfterFunc}
 }
 
 func (m *Manager) validateOptions(prefix string) api.ValidateOptions {
@@ -136,7 +139,8 @@ func (m *Manager) Restore(ctx context.Context) error {
 // applyLocked programs the current desired set; it records the outcome for
 // Ready. Called with mu held.
 func (m *Manager) applyLocked(ctx context.Context) error {
-	res, err := m.cfg.Dataplane.Apply(ctx, m.expandAll(m.desired))
+	set := m.expandAll(m.desired)
+	res, err := m.cfg.Dataplane.Apply(ctx, set)
 	m.applyErr = err
 	if err != nil {
 		m.applied = false
@@ -145,6 +149,7 @@ func (m *Manager) applyLocked(ctx context.Context) error {
 	}
 	m.applied = true
 	m.log.Debug("datapath applied", "created", len(res.Created), "updated", len(res.Updated), "deleted", len(res.Deleted), "writes", res.Writes)
+	m.applyFlowPoliciesLocked(ctx, set)
 	return nil
 }
 
@@ -187,7 +192,8 @@ func (m *Manager) commitLocked(ctx context.Context, next map[string]api.Service)
 			m.applied, m.applyErr = false, err
 		}
 	}
-	if _, err := m.cfg.Dataplane.Apply(ctx, m.expandAll(next)); err != nil {
+	set := m.expandAll(next)
+	if _, err := m.cfg.Dataplane.Apply(ctx, set); err != nil {
 		rollback()
 		var ve *dataplane.ValidationError
 		if errors.As(err, &ve) {
@@ -203,6 +209,7 @@ func (m *Manager) commitLocked(ctx context.Context, next map[string]api.Service)
 	m.desired = next
 	m.generation = gen
 	m.applied, m.applyErr = true, nil
+	m.applyFlowPoliciesLocked(ctx, set)
 	m.syncProbesLocked(ctx)
 	m.announceLocked(ctx)
 	return nil

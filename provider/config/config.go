@@ -36,8 +36,8 @@ type Config struct {
 	StatusPollPeriod Duration `json:"statusPollPeriod,omitempty"`
 	// SuccessPolicy: when a change counts as applied across dataplanes.
 	SuccessPolicy string `json:"successPolicy,omitempty"`
-	// BGP is reserved: it parses and validates but is not yet pushed to the
-	// dataplanes.
+	// BGP is pushed to every dataplane at first contact and after every
+	// dataplane restart or outage (provider/bgp.go).
 	BGP *BGP `json:"bgp,omitempty"`
 }
 
