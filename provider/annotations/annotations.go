@@ -41,6 +41,7 @@ const (
 	ProbeFailureThreshold  = Prefix + "probe-failure-threshold"
 	ProbeSuccessThreshold  = Prefix + "probe-success-threshold"
 	ProbeExpectStatus      = Prefix + "probe-expect-status"
+	ProbeOnDown            = Prefix + "probe-on-down"
 	BGPAdvertise           = Prefix + "bgp-advertise"
 	BGPCommunities         = Prefix + "bgp-communities"
 	IPMode                 = Prefix + "ip-mode"
@@ -65,6 +66,9 @@ const (
 	allowedCIDRList        = "comma-separated CIDRs, e.g. 10.0.0.0/8,2001:db8::/32"
 	defaultFromCloudConfig = "cloud-config defaults"
 )
+
+// onDownValues are the values of probe-on-down (api.Probe.OnDown).
+var onDownValues = []string{"keep", "reset"}
 
 // Kind is the value type of an annotation, for the generated docs.
 type Kind string
@@ -154,6 +158,8 @@ func All() []Spec {
 			Doc: "Consecutive successes before a backend is put back."},
 		{Name: ProbeExpectStatus, Kind: KindList, Allowed: allowedStatus, Default: "200-399 (dataplane default)",
 			Doc: "HTTP status codes that count as healthy."},
+		{Name: ProbeOnDown, Kind: KindEnum, Values: onDownValues, Default: "keep",
+			Doc: "What happens to the established connections of a node whose probe fails. `keep`: they stay (only new connections avoid the node); `reset`: they are cut at once so clients reconnect to a healthy node (see docs/health.md)."},
 		{Name: BGPAdvertise, Kind: KindBool, Allowed: allowedBoolean, Default: "true",
 			Doc: "Whether the dataplanes announce the VIPs over BGP."},
 		{Name: BGPCommunities, Kind: KindList, Allowed: allowedCommunity, Default: "none",
@@ -191,6 +197,7 @@ type ProbeOptions struct {
 	FailureThreshold *uint32
 	SuccessThreshold *uint32
 	ExpectStatus     []int
+	OnDown           string
 }
 
 // Parse reads every xlb.dev/* annotation and the Service fields xlb maps
@@ -303,6 +310,13 @@ func Parse(svc *v1.Service) (Options, error) {
 		}
 		if len(splitList(v)) == 0 {
 			bad(ProbeExpectStatus, v, allowedStatus)
+		}
+	}
+	if v, ok := a[ProbeOnDown]; ok {
+		if slices.Contains(onDownValues, v) {
+			o.Probe.OnDown = v
+		} else {
+			bad(ProbeOnDown, v, strings.Join(onDownValues, ", "))
 		}
 	}
 	if v, ok := a[BGPAdvertise]; ok {

@@ -39,8 +39,11 @@ func TestParse(t *testing.T) {
 			AllowSharedIP: "k1", IdleTimeout: "300", AffinityTimeout: "60", SNATAddresses: "192.0.2.1",
 			ProbeType: "http", ProbePort: "8080", ProbePath: "/ready", ProbeInterval: "500ms", ProbeTimeout: "1s",
 			ProbeFailureThreshold: "3", ProbeSuccessThreshold: "2", ProbeExpectStatus: "200,204",
-			BGPAdvertise: "false", BGPCommunities: "65000:100,65000:200", IPMode: "Proxy",
+			BGPAdvertise: "false", BGPCommunities: "65000:100,65000:200", IPMode: "Proxy", ProbeOnDown: "reset",
 		}), check: func(t *testing.T, o Options) {
+			if o.Probe.OnDown != "reset" {
+				t.Errorf("probe on-down: %q", o.Probe.OnDown)
+			}
 			if o.NATMode != "fullnat" || o.Algorithm != "lc" || o.Pool != "blue" || o.SharingKey != "k1" || o.IPMode != "Proxy" {
 				t.Errorf("strings: %+v", o)
 			}
@@ -78,6 +81,7 @@ func TestParse(t *testing.T) {
 		{name: "probe port out of range", svc: svc(map[string]string{ProbePort: "70000"}), wantErr: []string{ProbePort}},
 		{name: "probe path relative", svc: svc(map[string]string{ProbePath: "healthz"}), wantErr: []string{ProbePath}},
 		{name: "expect status", svc: svc(map[string]string{ProbeExpectStatus: "200,99"}), wantErr: []string{ProbeExpectStatus}},
+		{name: "bad probe on-down", svc: svc(map[string]string{ProbeOnDown: "drop"}), wantErr: []string{ProbeOnDown, `"drop"`, "keep, reset"}},
 		{name: "bgp advertise yes", svc: svc(map[string]string{BGPAdvertise: "yes"}), wantErr: []string{BGPAdvertise, "true, false"}},
 		{name: "bgp community", svc: svc(map[string]string{BGPCommunities: "65000"}), wantErr: []string{BGPCommunities}},
 		{name: "sharing key bad chars", svc: svc(map[string]string{AllowSharedIP: "a b"}), wantErr: []string{AllowSharedIP}},

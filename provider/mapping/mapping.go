@@ -130,6 +130,9 @@ func Resolve(svc *v1.Service, o annotations.Options, d config.Defaults) (Setting
 		}
 		probe.ExpectStatus = po.ExpectStatus
 	}
+	if po.OnDown != "" {
+		probe.OnDown = po.OnDown
+	}
 	if probe.Path != "" && probe.Type != "http" && probe.Type != "https" {
 		errs = append(errs, fmt.Errorf("annotation %s: only valid with an http or https probe (probe type is %q)", annotations.ProbePath, probe.Type))
 	}
