@@ -27,17 +27,27 @@ type config struct {
 	sections map[string]bool
 	services int
 	ctFlows  int
+	// health and bgp sections (control plane)
+	healthKills int
+	bgpServices int
+	bgpKills    int
 }
 
 func main() {
+	if runListenerHelper() { // child process of the health section
+		return
+	}
 	var cfg config
 	var sections string
 	flag.StringVar(&cfg.out, "out", "docs/benchmarks.md", "markdown report to write")
 	flag.DurationVar(&cfg.sample, "sample", 3*time.Second, "duration of one throughput sample")
 	flag.IntVar(&cfg.rounds, "rounds", 3, "interleaved rounds per comparison")
-	flag.StringVar(&sections, "sections", "micro,pps,tcp,http", "comma-separated sections to run: micro (ns/packet, apply time, memory), pps, tcp, http")
+	flag.StringVar(&sections, "sections", "micro,pps,tcp,http,health,bgp", "comma-separated sections to run: micro (ns/packet, apply time, memory), pps, tcp, http, health (dead-backend detection, prober CPU), bgp (VIP announce/withdraw at a BIRD router)")
 	flag.IntVar(&cfg.services, "services", 10000, "services loaded for the micro benchmark")
 	flag.IntVar(&cfg.ctFlows, "ct-entries", 1000000, "conntrack entries pre-filled for the micro benchmark")
+	flag.IntVar(&cfg.healthKills, "health-kills", 20, "backend kills measured by the health section")
+	flag.IntVar(&cfg.bgpServices, "bgp-services", 20, "new services whose announcement the bgp section times")
+	flag.IntVar(&cfg.bgpKills, "bgp-kills", 10, "last-backend deaths whose withdrawal the bgp section times")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("bench needs root (namespaces, eBPF)")
@@ -45,11 +55,19 @@ func main() {
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "micro", "pps", "tcp", "http":
+		case "micro", "pps", "tcp", "http", "health", "bgp":
 			cfg.sections[s] = true
 		case "":
 		default:
-			log.Fatalf("-sections: unknown %q (allowed micro, pps, tcp, http)", s)
+			log.Fatalf("-sections: unknown %q (allowed micro, pps, tcp, http, health, bgp)", s)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"health-kills", cfg.healthKills}, {"bgp-services", cfg.bgpServices}, {"bgp-kills", cfg.bgpKills}} {
+		if f.v < 1 || f.v > 90 {
+			log.Fatalf("-%s=%d: allowed 1..90", f.name, f.v)
 		}
 	}
 	if cfg.rounds < 1 || cfg.rounds > 20 {
@@ -82,6 +100,8 @@ func main() {
 	run("pps", runPPS)
 	run("tcp", runTCP)
 	run("http", runHTTP)
+	run("health", runHealth)
+	run("bgp", runBGP)
 	rep.elapsed = time.Since(start)
 	md := rep.markdown(cfg)
 	if err := os.WriteFile(cfg.out, []byte(md), 0o644); err != nil {

@@ -39,11 +39,6 @@ type variant struct {
 	count func() (uint64, error)
 }
 
-func nftVariant(topo *netns.Topology, vip netip.Addr, port uint16) variant {
-	return nftVariantIn(topo.LB.NS, "xlbbench"+topo.Prefix, vip, port,
-		topo.Backends[0].Link.Addr4, topo.Backends[1].Link.Addr4)
-}
-
 func nftVariantIn(lb *netns.NS, table string, vip netip.Addr, port uint16, b0, b1 netip.Addr) variant {
 	rules := fmt.Sprintf(`table ip %s {
 	chain pre {

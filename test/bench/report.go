@@ -195,4 +195,20 @@ packets/s comparison has its own topology (below).
   allocated per service on demand.
 - **Apply** — wall time of one ` + "`Dataplane.Apply`" + ` of N services (2 backends each, rr) into an empty
   datapath.
+- **Backend health** (test/bench/health.go) — a real xlbd (` + "`go build ./cmd/xlbd`" + `, private bpffs) in the
+  LB namespace of the e2e topology, one service with 3 backends (in-process HTTP servers) and the
+  default tcp probe. A backend's listener is closed (its port then refuses, as when the process
+  dies) after a random 0.1–0.6 s pause, and ` + "`GET /v1/services/{name}`" + ` is polled every 20 ms until it
+  shows the backend ` + "`down`" + `; then it listens again and the poll waits for ` + "`active`" + `. Backends in
+  turn, ` + "`-health-kills`" + ` times (default 20). *Prober CPU*: internal/health's Manager, in the bench
+  process, with 10,000 tcp targets (default probe: 20,000 probes/s) against 8 listeners on
+  127.0.0.1 in a child process; getrusage(RUSAGE_SELF) over a 5 s window that starts after every
+  target's first probe.
+- **BGP** (test/bench/bgp.go) — router namespace (BIRD 2, one eBGP session, hold 9 s, kernel export)
+  —veth— LB namespace (xlbd with its embedded GoBGP) —veth— backend namespace.
+  Times come from netlink route notifications in the router's namespace (confirmed by polling its
+  table every 10 ms). *Announcement*: ` + "`PutService`" + ` of a new service (one backend, no probe) until
+  its /32 is in the router's kernel table, ` + "`-bgp-services`" + ` times (default 20). *Withdrawal*: a
+  service whose single backend has the default tcp probe; the backend's listener is closed until
+  the /32 leaves the router's table, then reopened until it is back, ` + "`-bgp-kills`" + ` times (default 10).
 `
