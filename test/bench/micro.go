@@ -450,7 +450,7 @@ func memoryTable(h *datapathHandles, rep *report) error {
 			t.note("Per conntrack entry: **%.0f B**; per flow (forward + reply entry): **%.0f B**.", e, 2*e)
 		}
 		if m.name == "services" && m.entries > 0 {
-			t.note("Per service slot (all maps sized by MaxServices=%d): **%.0f B**, plus its selection table (4 B per slot: a Maglev table has ≥ 32749 slots ≈ 128 KiB; rr/random/persist tables have sum(weights/gcd) slots).", m.entries, per[m.entries])
+			t.note("Per service slot (all maps sized by MaxServices=%d): **%.0f B**, plus its selection table (the kernel charges 8 B per 4-byte slot: a Maglev table has ≥ 16381 slots by default ≈ 128 KiB; rr/random/persist tables have sum(weights/gcd) slots).", m.entries, per[m.entries])
 		}
 		if m.name == "backends" && m.entries > 0 {
 			t.note("Per backend slot (all maps sized by MaxBackends=%d): **%.0f B**.", m.entries, per[m.entries])
