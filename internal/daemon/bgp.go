@@ -295,7 +295,7 @@ func (c *BGPController) ReplaceBGPPeers(ctx context.Context, req api.BGPPeerRepl
 		p.Address = addr.String()
 		next[addr] = p
 	}
-	if err := c.commitPeers(ctx, next); err != nil {
+	if err := c.commitPeers(ctx, func(map[netip.Addr]api.BGPPeer) (map[netip.Addr]api.BGPPeer, error) { return next, nil }); err != nil {
 		return api.BGPPeerList{}, err
 	}
 	return c.ListBGPPeers(ctx)
@@ -318,15 +318,17 @@ func (c *BGPController) PutBGPPeer(ctx context.Context, address string, p api.BG
 	if _, _, err := peerFromAPI("", p); err != nil {
 		return api.BGPPeerStatus{}, false, err
 	}
-	c.mu.Lock()
-	_, exists := c.peers[addr]
-	next := make(map[netip.Addr]api.BGPPeer, len(c.peers)+1)
-	for k, v := range c.peers {
-		next[k] = v
-	}
-	c.mu.Unlock()
-	next[addr] = p
-	if err := c.commitPeers(ctx, next); err != nil {
+	var exists bool
+	err = c.commitPeers(ctx, func(cur map[netip.Addr]api.BGPPeer) (map[netip.Addr]api.BGPPeer, error) {
+		_, exists = cur[addr]
+		next := make(map[netip.Addr]api.BGPPeer, len(cur)+1)
+		for k, v := range cur {
+			next[k] = v
+		}
+		next[addr] = p
+		return next, nil
+	})
+	if err != nil {
 		return api.BGPPeerStatus{}, false, err
 	}
 	live, _ := c.speaker.Peers(ctx)
@@ -344,28 +346,34 @@ func (c *BGPController) DeleteBGPPeer(ctx context.Context, address string) error
 	if err != nil {
 		return err
 	}
-	c.mu.Lock()
-	if _, ok := c.peers[addr]; !ok {
-		c.mu.Unlock()
-		return &api.Error{Code: api.CodeNotFound, Field: "address", Value: address, Message: fmt.Sprintf("bgp peer %s not found", addr)}
-	}
-	next := map[netip.Addr]api.BGPPeer{}
-	for k, v := range c.peers {
-		if k != addr {
-			next[k] = v
+	return c.commitPeers(ctx, func(cur map[netip.Addr]api.BGPPeer) (map[netip.Addr]api.BGPPeer, error) {
+		if _, ok := cur[addr]; !ok {
+			return nil, &api.Error{Code: api.CodeNotFound, Field: "address", Value: address, Message: fmt.Sprintf("bgp peer %s not found", addr)}
 		}
-	}
-	c.mu.Unlock()
-	return c.commitPeers(ctx, next)
+		next := make(map[netip.Addr]api.BGPPeer, len(cur))
+		for k, v := range cur {
+			if k != addr {
+				next[k] = v
+			}
+		}
+		return next, nil
+	})
 }
 
-// commitPeers makes next the peer set: speaker first (when running), then
-// the file; a failure puts the previous set back.
-func (c *BGPController) commitPeers(ctx context.Context, next map[netip.Addr]api.BGPPeer) error {
+// commitPeers makes change(current peers) the peer set: speaker first
+// (when running), then the file; a failure puts the previous set back.
+// change runs under mu, so that concurrent changes of different peers are
+// applied one after the other instead of the last overwriting the others
+// with a set computed from a stale copy.
+func (c *BGPController) commitPeers(ctx context.Context, change func(cur map[netip.Addr]api.BGPPeer) (map[netip.Addr]api.BGPPeer, error)) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mutationTimeout)
 	defer cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	next, err := change(c.peers)
+	if err != nil {
+		return err
+	}
 	if reflect.DeepEqual(next, c.peers) {
 		return nil
 	}

@@ -154,8 +154,14 @@ func (m *Manager) applyLocked(ctx context.Context) error {
 }
 
 // Reconcile re-applies the current desired set, e.g. after health states
-// changed (see BackendHealth) or after a failed Apply.
+// changed (see BackendHealth) or after a failed Apply. Like a commit it
+// runs detached from ctx's cancellation: the prober's context ends at
+// shutdown, and an Apply cut short there would leave the pinned datapath
+// (which keeps forwarding while xlbd is down) half-written and withdraw
+// every announcement.
 func (m *Manager) Reconcile(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mutationTimeout)
+	defer cancel()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	err := m.applyLocked(ctx)
@@ -558,6 +564,14 @@ func (m *Manager) status(s api.Service, byName map[string]*dataplane.ServiceStat
 func (m *Manager) Flows(ctx context.Context, f dataplane.FlowFilter) (api.FlowList, error) {
 	flows, next, err := m.cfg.Dataplane.Flows(ctx, f)
 	if err != nil {
+		// A bad filter (e.g. an "after" cursor that was not returned by a
+		// previous call) is the client's mistake: 400 naming the parameter,
+		// not a 500 that suggests the daemon is broken.
+		var ve *dataplane.ValidationError
+		if errors.As(err, &ve) {
+			return api.FlowList{}, &api.Error{Code: api.CodeInvalid, Field: ve.Field, Value: ve.Value, Allowed: ve.Allowed,
+				Message: "invalid conntrack query parameter " + ve.Field}
+		}
 		return api.FlowList{}, &api.Error{Code: api.CodeInternal, Message: "reading conntrack failed: " + err.Error()}
 	}
 	out := api.FlowList{Items: make([]api.Flow, 0, len(flows)), Next: next}
