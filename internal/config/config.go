@@ -185,10 +185,15 @@ func (c *Config) Validate() error {
 	if len(c.Interfaces) == 0 {
 		return errors.New("--interfaces: at least one interface is required (comma-separated names)")
 	}
+	seen := map[string]bool{}
 	for _, n := range c.Interfaces {
 		if len(n) > 15 || strings.ContainsAny(n, "/ ") {
 			return fmt.Errorf("--interfaces: %q is not an interface name", n)
 		}
+		if seen[n] {
+			return fmt.Errorf("--interfaces: %q is listed twice (allowed: each interface once)", n)
+		}
+		seen[n] = true
 	}
 	if c.ConntrackFlows < 1024 || c.ConntrackFlows > 1<<27 {
 		return fmt.Errorf("--conntrack-flows %d: allowed 1024-%d", c.ConntrackFlows, 1<<27)

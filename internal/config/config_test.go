@@ -86,6 +86,8 @@ func TestValidation(t *testing.T) {
 	}{
 		{[]string{}, "--interfaces"},
 		{[]string{"--interfaces=e", "--hook=tc"}, "--hook"},
+		{[]string{"--interfaces=e,f,e"}, "listed twice"},
+		{[]string{"--interfaces=e", "--maglev-seed=x"}, "maglev-seed"},
 		{[]string{"--interfaces=e", "--xdp-generic"}, "--xdp-generic"},
 		{[]string{"--interfaces=e", "--api-listen=7470"}, "--api-listen"},
 		{[]string{"--interfaces=e", "--api-listen=0.0.0.0:7470"}, "refusing"},

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -244,6 +245,7 @@ func (r *responder) serveARP() {
 		_ = r.arpc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		p, _, err := r.arpc.Read()
 		if err != nil {
+			r.pauseAfter(err)
 			continue // deadline or a malformed frame: keep serving
 		}
 		if p.Operation != arp.OperationRequest || !r.owns(p.TargetIP) {
@@ -266,6 +268,7 @@ func (r *responder) serveNDP() {
 		_ = r.ndpc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		m, _, src, err := r.ndpc.ReadFrom()
 		if err != nil {
+			r.pauseAfter(err)
 			continue
 		}
 		ns, ok := m.(*ndp.NeighborSolicitation)
@@ -289,6 +292,19 @@ func (r *responder) serveNDP() {
 		if err := r.ndpc.WriteTo(na, nil, dst); err != nil {
 			r.log.Warn("l2: neighbor advertisement failed", "vip", ns.TargetAddress, "err", err)
 		}
+	}
+}
+
+// pauseAfter slows the read loop down after an error that is not the read
+// deadline (e.g. the interface went away), so a socket that fails at once
+// on every read cannot spin a CPU.
+func (r *responder) pauseAfter(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	select {
+	case <-r.done:
+	case <-time.After(100 * time.Millisecond):
 	}
 }
 
