@@ -36,7 +36,8 @@
 #define XLB_DEFAULT_AFFINITY_TIMEOUT 10800
 #define XLB_DEFAULT_SNAT_MIN 32768
 #define XLB_DEFAULT_SNAT_MAX 60999
-/* last_seen_ns is written at most this often per flow (limits cache-line writes). */
+/* last_seen_ns is written about this often per busy flow (limits cache-line
+ * writes): once it is XLB_TOUCH_NS - XLB_COARSE_SLACK_NS old (see ct_touch). */
 #define XLB_TOUCH_NS NSEC_PER_SEC
 /* Bound on how far bpf_ktime_get_coarse_ns() lags bpf_ktime_get_ns() (one
  * tick is 1-10 ms), with margin. */
@@ -643,7 +644,12 @@ static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e,
 {
 	bool closing = k->proto == IPPROTO_TCP_ && (tcp_flags & (TCP_FIN_ | TCP_RST_)) &&
 		       !(e->flags & XLB_CT_F_CLOSING);
-	if (!closing && now - e->last_seen_ns < XLB_TOUCH_NS)
+	/* Refresh as soon as the fast path stops taking the entry (coarse
+	 * age + slack >= XLB_TOUCH_NS, and the coarse age is at most the
+	 * precise one), not at XLB_TOUCH_NS: with the later threshold every
+	 * packet of every busy flow took the slow path for the last
+	 * XLB_COARSE_SLACK_NS of each second (~5 % of the packets). */
+	if (!closing && now - e->last_seen_ns < XLB_TOUCH_NS - XLB_COARSE_SLACK_NS)
 		return;
 
 	__u32 z = 0;

@@ -108,3 +108,58 @@ func TestPacketFastPathMatchesSlowPath(t *testing.T) {
 		}
 	}
 }
+
+// TestPacketRefreshWhereFastPathStops: the fast path stops taking an entry
+// once its coarse age plus the clock slack reaches the refresh interval,
+// i.e. slightly before a second; the slow path must refresh the entry right
+// there, so that one packet per flow and second takes the slow path, not
+// every packet of the last ~50 ms of each second (that was ~5 % of the
+// packets of busy flows).
+func TestPacketRefreshWhereFastPathStops(t *testing.T) {
+	needRoot(t)
+	for _, f := range families {
+		for pi := range 2 {
+			h := newHarness(t)
+			p := h.progs()[pi]
+			t.Run(fmt.Sprintf("%s/%s", p.name, f.name), func(t *testing.T) {
+				h.addService(svcSpec{vip: f.vip, proto: 17, mode: natDefault, algo: algoRR,
+					backends: []beSpec{{addr: f.be1}}})
+				pkt := build(t, pktSpec{src: f.client, dst: f.vip, proto: 17, payload: []byte("x")})
+				if ret, _ := run(t, p, pkt, 0); ret != p.fwd {
+					t.Fatalf("new flow verdict %d", ret)
+				}
+				k := ctKey(f.client, f.vip, 17)
+				seen := func() uint64 {
+					var e xlbCtEntry
+					if err := h.objs.Conntrack.Lookup(k, &e); err != nil {
+						t.Fatal(err)
+					}
+					return e.LastSeenNs
+				}
+				// 0.97 s old: past the fast path's limit (1 s - 50 ms
+				// slack), short of the full second.
+				var e xlbCtEntry
+				if err := h.objs.Conntrack.Lookup(k, &e); err != nil {
+					t.Fatal(err)
+				}
+				e.LastSeenNs -= 970_000_000
+				if err := h.objs.Conntrack.Put(k, e); err != nil {
+					t.Fatal(err)
+				}
+				if ret, _ := run(t, p, pkt, 0); ret != p.fwd {
+					t.Fatalf("verdict %d", ret)
+				}
+				s1 := seen()
+				if s1 == e.LastSeenNs {
+					t.Fatal("entry 0.97 s old was not refreshed by the slow path")
+				}
+				if ret, _ := run(t, p, pkt, 0); ret != p.fwd {
+					t.Fatalf("verdict %d", ret)
+				}
+				if s2 := seen(); s2 != s1 {
+					t.Error("refreshed entry was refreshed again (slow path taken twice)")
+				}
+			})
+		}
+	}
+}

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/dataplane"
@@ -227,6 +229,11 @@ func ppsOn(ctx context.Context, rounds int, sample time.Duration, rep *report, n
 		return err
 	}
 	defer genPlain.Close()
+	release, err := holdGenerators(n.client, genVIP, genPlain)
+	if err != nil {
+		return err
+	}
+	defer release()
 
 	svc := dataplane.Service{Name: "pps", VIP: vip, Port: ppsPort, Protocol: dataplane.UDP,
 		NATMode: dataplane.NATDefault, Algorithm: dataplane.AlgoMaglev}
@@ -297,6 +304,7 @@ func ppsSample(ctx context.Context, n *ppsNet, sink *pktgen.Sink, gen *pktgen.Ge
 	if v.count != nil {
 		count = v.count
 	}
+	var busy time.Duration // the generator thread's CPU time in the last run
 	run := func(d time.Duration) (uint64, time.Duration, error) {
 		var cnt uint64
 		var el time.Duration
@@ -308,10 +316,23 @@ func ppsSample(ctx context.Context, n *ppsNet, sink *pktgen.Sink, gen *pktgen.Ge
 			if err := unix.SchedSetaffinity(0, &set); err != nil {
 				return fmt.Errorf("pin generator to CPU %d: %w", ppsGenCPU, err)
 			}
+			var ru0, ru1 unix.Rusage
+			if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru0); err != nil {
+				return fmt.Errorf("getrusage: %w", err)
+			}
 			t0 := time.Now()
 			var err error
 			cnt, err = gen.Run(ctx, n.clientIf, d, 1<<16)
 			el = time.Since(t0)
+			if rerr := unix.Getrusage(unix.RUSAGE_THREAD, &ru1); rerr != nil {
+				return errors.Join(err, fmt.Errorf("getrusage: %w", rerr))
+			}
+			// The whole path runs in softirq on the generator's thread
+			// (no IRQ time accounting here), so its CPU time is the
+			// path's. Far below the wall time means the generator waited
+			// (another task on its CPU, or a regression of holdGenerators):
+			// the rate then measures the waits, not the path.
+			busy = time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
 			return err
 		})
 		return cnt, el, err
@@ -334,5 +355,57 @@ func ppsSample(ctx context.Context, n *ppsNet, sink *pktgen.Sink, gen *pktgen.Ge
 	if c1 == c0 {
 		return 0, 0, fmt.Errorf("no packet reached the sink (%d generated)", cnt)
 	}
+	log.Printf("pps %s: generator CPU %.0f%% of the sample, %.0f ns CPU/packet", v.name,
+		100*busy.Seconds()/el.Seconds(), float64(busy.Nanoseconds())/float64(c1-c0))
 	return float64(c1-c0) / el.Seconds(), float64(cnt) / el.Seconds(), nil
+}
+
+// holdGenerators keeps the generators' programs in the kernel's XDP
+// dispatcher for the whole comparison (see pktgen.Generator.Hold), attached
+// in generic mode to the two ends of a veth pair left down in the client
+// namespace, so they never see a packet. Without it every 65536-frame run
+// waited for two RCU grace periods with the generator's CPU idle: about
+// half of each sample's wall time, a cost per packet the same for every
+// variant, which compressed every ratio towards 1 and made samples noisy.
+func holdGenerators(ns *netns.NS, gens ...*pktgen.Generator) (release func(), err error) {
+	const a, b = "xlbhold0", "xlbhold1"
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}
+	if err := ns.Netlink().LinkAdd(v); err != nil {
+		return nil, fmt.Errorf("netns %s: add veth %s: %w", ns.Name, a, err)
+	}
+	var held []io.Closer
+	release = func() {
+		for _, c := range held {
+			if err := c.Close(); err != nil {
+				log.Printf("release generator: %v", err)
+			}
+		}
+		if l, err := ns.Netlink().LinkByName(a); err == nil {
+			if err := ns.Netlink().LinkDel(l); err != nil {
+				log.Printf("netns %s: delete %s: %v", ns.Name, a, err)
+			}
+		}
+	}
+	err = ns.Do(func() error {
+		if len(gens) > 2 {
+			return fmt.Errorf("hold %d generators: at most 2", len(gens))
+		}
+		for i, g := range gens {
+			ifi, err := net.InterfaceByName([]string{a, b}[i])
+			if err != nil {
+				return err
+			}
+			c, err := g.Hold(ifi.Index)
+			if err != nil {
+				return err
+			}
+			held = append(held, c)
+		}
+		return nil
+	})
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -90,6 +91,23 @@ func NewGenerator(frame []byte, sportBase, sportCount uint16) (*Generator, error
 		return nil, fmt.Errorf("load generator: %w", err)
 	}
 	return &Generator{prog: objs.Prog, frame: frame}, nil
+}
+
+// Hold attaches the generator in generic (SKB) mode to ifindex, resolved in
+// the calling thread's namespace: an interface that never receives a
+// packet (a veth left down). Each BPF_PROG_TEST_RUN of an XDP program adds
+// it to the kernel's XDP dispatcher before the run and removes it after,
+// and each change waits for an RCU grace period (synchronize_rcu in
+// bpf_dispatcher_change_prog): two waits per Run batch, with the CPU
+// idle. An attached program stays in the dispatcher (it is refcounted), so
+// the runs change nothing and never wait. Close the returned link to
+// detach.
+func (g *Generator) Hold(ifindex int) (io.Closer, error) {
+	l, err := link.AttachXDP(link.XDPOptions{Program: g.prog, Interface: ifindex, Flags: link.XDPGenericMode})
+	if err != nil {
+		return nil, fmt.Errorf("hold generator on ifindex %d: %w", ifindex, err)
+	}
+	return l, nil
 }
 
 // Close unloads the generator.
