@@ -147,9 +147,7 @@ pools:
     cidrs: [$VIP_POOL]
     default: true
 defaults:
-  algorithm: rr
-  probe:
-    type: none
+  algorithm: rr                   # the probe stays the default: kube-proxy's /healthz on :10256
 EOF
 cat "$WORK/cloud-config.yaml"
 start xlb-ccm "$BIN/xlb-ccm" --cloud-provider=xlb --cloud-config "$WORK/cloud-config.yaml" \
@@ -199,6 +197,19 @@ say "xlbctl get services (live counters from the eBPF maps)"
 "$BIN/xlbctl" get services
 say "xlbctl get service (per-backend view)"
 "$BIN/xlbctl" get service "$("$BIN/xlbctl" get services -o json | jq -r '.items[0].name')"
+
+say "node2 dies: the health probe takes it out of selection (default probe: every 500 ms, 3 failures)"
+svcname=$("$BIN/xlbctl" get services -o json | jq -r '.items[0].name')
+node_state() { "$BIN/xlbctl" get service "$svcname" -o json | jq -r ".status.backends[] | select(.address==\"$1\") | .state"; }
+kill "$(cat "$WORK/node2.pid")"; rm -f "$WORK/node2.pid"
+t0=$(date +%s%N)
+wait_for 15 "node2 marked down" bash -c "[ \"\$('$BIN/xlbctl' get service $svcname -o json | jq -r '.status.backends[] | select(.address==\"10.250.2.12\") | .state')\" = down ]"
+echo "node2 marked down after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+for i in $(seq 8); do
+	ns client curl -s --max-time 2 "http://$vip/" || echo "request $i failed"
+done | tee "$WORK/answers2.txt"
+echo "answers per node:"; awk '{print $1}' "$WORK/answers2.txt" | sort | uniq -c
+"$BIN/xlbctl" get service "$svcname" | tail -4
 
 say "delete the Service: the VIP is released and stops answering"
 kc delete svc web --wait=true >/dev/null

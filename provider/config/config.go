@@ -148,10 +148,12 @@ const (
 	// deleted, which is what matters for externalTrafficPolicy: Cluster.
 	ProbeKubeProxy              = "kube-proxy"
 	DefaultKubeProxyHealthzPort = 10256
-	DefaultProbeInterval        = 2 * time.Second
-	DefaultProbeTimeout         = time.Second
-	DefaultProbeFailures        = 2
-	DefaultProbeSuccesses       = 1
+	// The probe defaults are xlbd's (docs/health.md): a dead node is out of
+	// selection in about 1.5 s, and one lost probe never takes it out.
+	DefaultProbeInterval  = 500 * time.Millisecond
+	DefaultProbeTimeout   = 400 * time.Millisecond
+	DefaultProbeFailures  = 3
+	DefaultProbeSuccesses = 2
 )
 
 // Duration is a time.Duration written as a Go duration string ("30s").
@@ -234,7 +236,12 @@ func (c *Config) SetDefaults() {
 		d.Probe.Interval.Duration = DefaultProbeInterval
 	}
 	if d.Probe.Timeout.Duration == 0 {
+		// As xlbd: 400 ms with the default interval, else 80 % of the
+		// interval, at most 1 s (a timeout never exceeds the interval).
 		d.Probe.Timeout.Duration = DefaultProbeTimeout
+		if d.Probe.Interval.Duration != DefaultProbeInterval {
+			d.Probe.Timeout.Duration = min(d.Probe.Interval.Duration*8/10, time.Second)
+		}
 	}
 	if d.Probe.FailureThreshold == 0 {
 		d.Probe.FailureThreshold = DefaultProbeFailures

@@ -48,7 +48,7 @@ func TestParseValid(t *testing.T) {
 		t.Errorf("periods %v %v", c.ResyncPeriod, c.StatusPollPeriod)
 	}
 	d := c.Defaults
-	if d.NATMode != "fullnat" || d.Algorithm != "maglev" || d.Probe.Type != "kube-proxy" || d.Probe.KubeProxyHealthzPort != 10256 || d.Probe.Interval.Duration != 5*time.Second || d.Probe.FailureThreshold != 3 || d.Probe.SuccessThreshold != 1 {
+	if d.NATMode != "fullnat" || d.Algorithm != "maglev" || d.Probe.Type != "kube-proxy" || d.Probe.KubeProxyHealthzPort != 10256 || d.Probe.Interval.Duration != 5*time.Second || d.Probe.Timeout.Duration != time.Second || d.Probe.FailureThreshold != 3 || d.Probe.SuccessThreshold != 2 {
 		t.Errorf("defaults %+v", d)
 	}
 	if !*c.Pools[0].AvoidBuggyIPs {
