@@ -180,6 +180,15 @@ func (e *ccmEnv) kubectl(args ...string) string {
 // startCCM starts xlb-ccm with the given --controllers value.
 func (e *ccmEnv) startCCM(controllers string) {
 	e.t.Helper()
+	e.startCCMBinary(e.bin, "xlb", controllers)
+}
+
+// startCCMBinary starts a CCM binary (xlb-ccm, or the fold-in example's
+// acme-ccm) with --cloud-provider=cloudProvider and the flags of
+// manifests/ccm-deployment.yaml; stopCCM, waitHealthy and the RBAC check
+// apply to it alike.
+func (e *ccmEnv) startCCMBinary(bin, cloudProvider, controllers string) {
+	e.t.Helper()
 	e.starts++
 	port := freePort(e.t)
 	logPath := filepath.Join(e.dir, fmt.Sprintf("xlb-ccm.%d.log", e.starts))
@@ -187,8 +196,8 @@ func (e *ccmEnv) startCCM(controllers string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cmd := exec.Command(e.bin,
-		"--cloud-provider=xlb",
+	cmd := exec.Command(bin,
+		"--cloud-provider="+cloudProvider,
 		"--cloud-config="+e.cloudCfg,
 		"--kubeconfig="+e.kubeconfig,
 		"--controllers="+controllers,
@@ -213,7 +222,7 @@ func (e *ccmEnv) startCCM(controllers string) {
 	exited, err := kube.StartProcess(cmd, nil)
 	logFile.Close() // the child has its own descriptor
 	if err != nil {
-		e.t.Fatalf("start xlb-ccm: %v", err)
+		e.t.Fatalf("start %s: %v", bin, err)
 	}
 	e.ccm = &ccmProc{cmd: cmd, log: logPath, exited: exited}
 	e.healthz = fmt.Sprintf("https://127.0.0.1:%d/healthz", port)

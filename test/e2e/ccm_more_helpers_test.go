@@ -5,14 +5,11 @@ package e2e
 // xlbdEnv (real xlbd in a test/netns topology) and bgpTopo (xlbd + BIRD) helpers.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,8 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/xlb-dev/xlb/api"
-	"github.com/xlb-dev/xlb/test/kube"
-	"github.com/xlb-dev/xlb/test/netns"
 )
 
 // moreBuild builds a main package of this module into the test's temp dir.
@@ -35,46 +30,6 @@ func moreBuild(t *testing.T, pkg string) string {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
 	return out
-}
-
-// moreStartCCM is ccmEnv.startCCM for another CCM binary and --cloud-provider name (the
-// fold-in example's acme-ccm). It uses the same flags, log files and bookkeeping, so
-// e.stopCCM, e.waitHealthy, e.eventually and the RBAC check of newCCMEnv apply to it.
-func moreStartCCM(e *ccmEnv, bin, cloudProvider, controllers string) {
-	e.t.Helper()
-	e.starts++
-	port := freePort(e.t)
-	logPath := filepath.Join(e.dir, fmt.Sprintf("xlb-ccm.%d.log", e.starts))
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cmd := exec.Command(bin,
-		"--cloud-provider="+cloudProvider,
-		"--cloud-config="+e.cloudCfg,
-		"--kubeconfig="+e.kubeconfig,
-		"--controllers="+controllers,
-		"--cluster-name=e2e",
-		"--leader-elect=true",
-		"--leader-elect-resource-namespace=kube-system",
-		"--leader-elect-resource-name=xlb-ccm",
-		"--leader-elect-lease-duration=4s",
-		"--leader-elect-renew-deadline=3s",
-		"--leader-elect-retry-period=1s",
-		"--use-service-account-credentials=false",
-		"--bind-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(port),
-		"--configure-cloud-routes=false",
-		"--v=2",
-	)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	exited, err := kube.StartProcess(cmd, nil)
-	logFile.Close()
-	if err != nil {
-		e.t.Fatalf("start %s: %v", bin, err)
-	}
-	e.ccm = &ccmProc{cmd: cmd, log: logPath, exited: exited}
-	e.healthz = fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
 }
 
 // moreWriteCloudConfig replaces the cloud-config of e (before the CCM starts).
@@ -175,56 +130,6 @@ func moreWaitXlbdEmpty(e *ccmEnv, c moreLister, uid string) {
 		}
 		if len(items) != 0 {
 			return fmt.Errorf("xlbd still holds %d services (first %s)", len(items), items[0].Name)
-		}
-		return nil
-	})
-}
-
-// moreHealthzCode fetches http://HOST:port/healthz from the LB namespace (where xlbd's probes
-// come from) and returns the status code; healthzCode of the health tests is fixed to
-// kube-proxy's port, an ETP=Local Service uses its healthCheckNodePort.
-func moreHealthzCode(topo *netns.Topology, host *netns.Host, port uint16) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	target := netns.AddrPort(host.Link.Addr4, port)
-	c, err := topo.LB.DialContext(ctx, "tcp", target)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target); err != nil {
-		return 0, err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(line)
-	if len(f) < 2 {
-		return 0, fmt.Errorf("healthz %s: bad status line %q", target, line)
-	}
-	return strconv.Atoi(f[1])
-}
-
-// moreSetHealthz toggles whoami (SIGUSR1) until its /healthz on port answers want.
-func moreSetHealthz(t *testing.T, w *healthWhoami, topo *netns.Topology, port uint16, want int) {
-	t.Helper()
-	code, err := moreHealthzCode(topo, w.host, port)
-	if err != nil {
-		t.Fatalf("healthz of %s: %v", w.host.Label, err)
-	}
-	if code == want {
-		return
-	}
-	w.toggle()
-	netns.Poll(t, 10*time.Second, func() error {
-		code, err := moreHealthzCode(topo, w.host, port)
-		if err != nil {
-			return err
-		}
-		if code != want {
-			return fmt.Errorf("healthz of %s is %d, want %d", w.host.Label, code, want)
 		}
 		return nil
 	})

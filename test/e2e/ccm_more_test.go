@@ -36,7 +36,7 @@ import (
 func TestMoreFoldinAcmeCCM(t *testing.T) {
 	e := newCCMEnv(t, ccmOptions{})
 	bin := moreBuild(t, "github.com/xlb-dev/xlb/examples/foldin/cmd/acme-ccm")
-	moreStartCCM(e, bin, "acme", "service,cloud-node")
+	e.startCCMBinary(bin, "acme", "service,cloud-node")
 	e.waitHealthy()
 
 	e.createNode("node-a", "10.0.0.1", nil)
@@ -157,7 +157,7 @@ func TestMoreCCMETPLocal(t *testing.T) {
 	healthWaitOnly(t, target.String(), 30, hitsPeers, "b0", "b1", "b2")
 
 	// b1 loses its local endpoint: kube-proxy's /healthz answers 503 there.
-	moreSetHealthz(t, ws[1], x.topo, hc, 503)
+	ws[1].setHealthzOn(x.topo, hc, 503)
 	healthWaitStates(t, x, ds.Name, 15*time.Second, map[*netns.Host]string{b0: "active", b1: "down", b2: "active"})
 	const n = 40
 	got := hitsPeers(n)
@@ -167,7 +167,7 @@ func TestMoreCCMETPLocal(t *testing.T) {
 	}
 
 	// Back to 200: b1 gets traffic again.
-	moreSetHealthz(t, ws[1], x.topo, hc, 200)
+	ws[1].setHealthzOn(x.topo, hc, 200)
 	healthWaitStates(t, x, ds.Name, 15*time.Second, map[*netns.Host]string{b0: "active", b1: "active", b2: "active"})
 	healthWaitOnly(t, target.String(), 30, hitsPeers, "b0", "b1", "b2")
 	if peerErr != nil {

@@ -148,12 +148,12 @@ func (w *healthWhoami) toggle() {
 	}
 }
 
-// healthzCode fetches http://BACKEND:healthHealthPort/healthz from the LB
-// namespace (where the probes come from) and returns the status code.
-func healthzCode(topo *netns.Topology, host *netns.Host) (int, error) {
+// healthzCode fetches http://BACKEND:port/healthz from the LB namespace
+// (where the probes come from) and returns the status code.
+func healthzCode(topo *netns.Topology, host *netns.Host, port uint16) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	target := netns.AddrPort(host.Link.Addr4, healthHealthPort)
+	target := netns.AddrPort(host.Link.Addr4, port)
 	c, err := topo.LB.DialContext(ctx, "tcp", target)
 	if err != nil {
 		return 0, err
@@ -174,11 +174,19 @@ func healthzCode(topo *netns.Topology, host *netns.Host) (int, error) {
 	return strconv.Atoi(f[1])
 }
 
-// setHealthz toggles whoami until its /healthz answers want (SIGUSR1 flips
-// it; the flip is asynchronous, so confirm it from the LB namespace).
+// setHealthz toggles whoami until its /healthz on healthHealthPort answers
+// want.
 func (w *healthWhoami) setHealthz(topo *netns.Topology, want int) {
 	w.t.Helper()
-	code, err := healthzCode(topo, w.host)
+	w.setHealthzOn(topo, healthHealthPort, want)
+}
+
+// setHealthzOn toggles whoami until its /healthz on port answers want
+// (SIGUSR1 flips it; the flip is asynchronous, so confirm it from the LB
+// namespace).
+func (w *healthWhoami) setHealthzOn(topo *netns.Topology, port uint16, want int) {
+	w.t.Helper()
+	code, err := healthzCode(topo, w.host, port)
 	if err != nil {
 		w.t.Fatalf("healthz of %s: %v", w.host.Label, err)
 	}
@@ -187,7 +195,7 @@ func (w *healthWhoami) setHealthz(topo *netns.Topology, want int) {
 	}
 	w.toggle()
 	netns.Poll(w.t, 10*time.Second, func() error {
-		code, err := healthzCode(topo, w.host)
+		code, err := healthzCode(topo, w.host, port)
 		if err != nil {
 			return err
 		}

@@ -579,49 +579,8 @@ const (
 func serveCounter(t *testing.T, topo *netns.Topology, port uint16) {
 	t.Helper()
 	for _, b := range topo.Backends {
-		ln, err := b.Listen(context.Background(), "tcp", fmt.Sprintf("[::]:%d", port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var (
-			mu    sync.Mutex
-			conns = map[net.Conn]struct{}{}
-			wg    sync.WaitGroup
-		)
 		label := b.Label
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				conns[c] = struct{}{}
-				mu.Unlock()
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer func() {
-						mu.Lock()
-						delete(conns, c)
-						mu.Unlock()
-						c.Close()
-					}()
-					writeCounter(c, label)
-				}()
-			}
-		}()
-		t.Cleanup(func() {
-			ln.Close()
-			mu.Lock()
-			for c := range conns {
-				c.Close()
-			}
-			mu.Unlock()
-			wg.Wait()
-		})
+		b.ServeTCP(t, port, func(c net.Conn) { writeCounter(c, label) })
 	}
 }
 

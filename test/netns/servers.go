@@ -80,6 +80,20 @@ func (h *Host) StartHTTP(ctx context.Context, port uint16) (stop func(), err err
 // every connection, at test cleanup.
 func (h *Host) ServeStream(t testing.TB, port uint16) {
 	t.Helper()
+	h.ServeTCP(t, port, func(c net.Conn) {
+		if _, err := io.WriteString(c, formatReply(h.Label, c.RemoteAddr().String())); err != nil {
+			return
+		}
+		_, _ = io.Copy(c, c)
+	})
+}
+
+// ServeTCP starts a TCP server on [::]:port that runs handle for every
+// connection (and closes the connection when handle returns). At test
+// cleanup it stops accepting, closes every open connection and waits for
+// the handlers.
+func (h *Host) ServeTCP(t testing.TB, port uint16, handle func(net.Conn)) {
+	t.Helper()
 	ln, err := h.Listen(context.Background(), "tcp", fmt.Sprintf("[::]:%d", port))
 	if err != nil {
 		t.Fatal(err)
@@ -109,10 +123,7 @@ func (h *Host) ServeStream(t testing.TB, port uint16) {
 					mu.Unlock()
 					c.Close()
 				}()
-				if _, err := io.WriteString(c, formatReply(h.Label, c.RemoteAddr().String())); err != nil {
-					return
-				}
-				_, _ = io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
