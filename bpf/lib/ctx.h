@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ctx.h — the only place that knows tc from xdp: the context (struct xctx and its
+ * builders), packet access (ld/st) and the translation of verdicts to program return codes.
+ */
+#ifndef XLB_LIB_CTX_H
+#define XLB_LIB_CTX_H
+
+#include "common.h"
+
+/* Verdicts of the core, translated by each entry point. */
+enum {
+	XV_PASS = 0, /* untouched (or already rewritten but let the kernel route) */
+	XV_DROP = 1,
+	XV_FWD = 2, /* rewritten: forward (fib lookup + redirect) */
+};
+
+/*
+ * tc "pass": TC_ACT_UNSPEC, which tcx calls TCX_NEXT. xlb sits at the head
+ * of the tcx chain, and TC_ACT_OK (TCX_PASS) would end the chain there: the
+ * programs attached after ours (a CNI's, a firewall's) would never see the
+ * packet. So everything that xlb does not handle, and also a translated
+ * packet that is handed to the kernel's stack (no redirect), goes on to the
+ * next program; when none is left the kernel's default is to pass it.
+ * Drops (TC_ACT_SHOT) and redirects end the chain, as they must.
+ */
+#define TC_PASS TC_ACT_UNSPEC
+
+struct xctx {
+	void *ctx;    /* struct __sk_buff * or struct xdp_md * */
+	__u32 len;    /* bytes of the whole frame */
+	__u32 ifindex; /* ingress ifindex */
+	bool xdp;
+};
+
+/* Build the context of each program type. Heavy parts of the core are
+ * instantiated once per program type as __noinline subprograms (each with
+ * its own stack frame, the inlined whole would exceed 512 bytes); these
+ * rebuild the xctx from the raw ctx so x->xdp stays a constant. */
+#define XCTX_XDP(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true }
+#define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false }
+
+/* ---------- packet access ---------- */
+
+static __always_inline int ld(struct xctx *x, __u32 off, void *buf, const __u32 len)
+{
+	if (x->xdp) {
+		struct xdp_md *m = x->ctx;
+		void *data = (void *)(long)m->data;
+		void *end = (void *)(long)m->data_end;
+		if (off > XLB_MAX_HDR_OFF)
+			return -1;
+		void *p = data + off;
+		if (p + len > end)
+			return -1;
+		__builtin_memcpy(buf, p, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(x->ctx, off, buf, len);
+}
+
+static __always_inline int st(struct xctx *x, __u32 off, const void *buf, const __u32 len)
+{
+	if (x->xdp) {
+		struct xdp_md *m = x->ctx;
+		void *data = (void *)(long)m->data;
+		void *end = (void *)(long)m->data_end;
+		if (off > XLB_MAX_HDR_OFF)
+			return -1;
+		void *p = data + off;
+		if (p + len > end)
+			return -1;
+		__builtin_memcpy(p, buf, len);
+		return 0;
+	}
+	return bpf_skb_store_bytes(x->ctx, off, buf, len, 0);
+}
+
+static __always_inline int verdict(struct xctx *x, int v)
+{
+	if (v == XV_DROP)
+		return x->xdp ? XDP_DROP : TC_ACT_SHOT;
+	return x->xdp ? XDP_PASS : TC_PASS;
+}
+
+#endif /* XLB_LIB_CTX_H */
