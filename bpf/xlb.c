@@ -33,7 +33,7 @@ static __always_inline int apply_and_forward(struct xctx *x, struct pkt *p, cons
 	if (rewrite_l4(x, p, nsrc, nsport, ndst, ndport)) {
 		/* Only reachable on a helper failure after a partial write. */
 		GINC(malformed);
-		return x->xdp ? XDP_DROP : TC_ACT_SHOT;
+		return XV_DROP;
 	}
 	return forward(x, p->t.family, p->t.proto, nsrc, ndst, p->l3len);
 }
@@ -44,7 +44,7 @@ static __always_inline int new_flow(struct xctx *x, struct scratch *sc, struct s
 	int r = ct_new(x->ctx, sc, s, now);
 	if (r) {
 		svc_drop(s->id, r - 1);
-		return verdict(x, XV_DROP);
+		return XV_DROP;
 	}
 	struct global_counters *g = gstats();
 	if (g) {
@@ -99,7 +99,7 @@ static __always_inline int lb_body(struct xctx *x, struct pkt *p, bool ct_miss)
 	struct svc_info *s = svc_lookup(&p->t);
 	if (!s) {
 		GINC(passed);
-		return verdict(x, XV_PASS);
+		return XV_PASS;
 	}
 	return new_flow(x, container_of_pkt(p), s, now);
 }
@@ -121,14 +121,14 @@ static __always_inline int xlb_process(struct xctx *x, bool ct_miss)
 	__be16 proto;
 	struct scratch *sc = scratch();
 	if (!sc)
-		return verdict(x, XV_PASS);
+		return XV_PASS;
 	struct pkt *p = &sc->p;
 	__builtin_memset(p, 0, sizeof(*p));
 	p->ifindex = x->ifindex;
 	GINC(rx);
 	if (ld(x, 12, &proto, 2)) {
 		GINC(passed);
-		return verdict(x, XV_PASS);
+		return XV_PASS;
 	}
 	int r;
 	if (proto == bpf_htons(ETH_P_IP_)) {
@@ -138,12 +138,12 @@ static __always_inline int xlb_process(struct xctx *x, bool ct_miss)
 	} else {
 		/* ARP, VLAN-tagged (not parsed), ...: not ours. */
 		GINC(passed);
-		return verdict(x, XV_PASS);
+		return XV_PASS;
 	}
 	/* The heavy parts run as subprograms called from this small frame. */
-	if (r == XR_LB)
+	if (r == XV_LB)
 		return x->xdp ? lb_xdp(x->ctx, p, ct_miss) : lb_tc(x->ctx, p, ct_miss);
-	if (r == XR_ICMP)
+	if (r == XV_ICMP)
 		return icmp_error(x, p, p->l4off);
 	return r;
 }
@@ -157,14 +157,10 @@ static __always_inline int xlb_process(struct xctx *x, bool ct_miss)
  *  - hits an alive conntrack entry that needs no bookkeeping (no FIN/RST,
  *    last_seen refreshed less than XLB_TOUCH_NS ago, backend still valid),
  *  - or matches no conntrack entry and no service (passed untouched).
- * Everything else returns XF_SLOW before any side effect (counter, write)
+ * Everything else returns XV_SLOW before any side effect (counter, write)
  * and is handled by xlb_process, which re-parses: the two paths produce the
  * same bytes, verdicts and counters (see bpf/README.md).
  */
-#define XF_SLOW (-100) /* not a program return code (TC_PASS is -1) */
-/* Slow path, and the fast path found no conntrack entry for the tuple but a
- * service: a new flow, the slow path need not look conntrack up again. */
-#define XF_NEW (-101)
 
 static __always_inline int fast_body(void *ctx, bool xdp)
 {
@@ -186,7 +182,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 
 	struct eth_hdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return XF_SLOW;
+		return XV_SLOW;
 
 	struct ct_key k;
 	__builtin_memset(&k, 0, sizeof(k));
@@ -194,12 +190,12 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	if (eth->proto == bpf_htons(ETH_P_IP_)) {
 		struct ip4_hdr *ip = (void *)(eth + 1);
 		if ((void *)(ip + 1) > end || ip->vihl != 0x45)
-			return XF_SLOW;
+			return XV_SLOW;
 		l3len = bpf_ntohs(ip->tot_len);
 		if (l3len < sizeof(*ip) || ETH_HLEN_ + l3len > len)
-			return XF_SLOW;
+			return XV_SLOW;
 		if (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFMASK_))
-			return XF_SLOW;
+			return XV_SLOW;
 		k.family = XLB_AF_INET;
 		k.proto = ip->proto;
 		k.src[0] = ip->saddr;
@@ -208,17 +204,17 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	} else if (eth->proto == bpf_htons(ETH_P_IPV6_)) {
 		struct ip6_hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end || (ip6->vtcfl & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
-			return XF_SLOW;
+			return XV_SLOW;
 		l3len = (__u32)bpf_ntohs(ip6->plen) + sizeof(*ip6);
 		if (ETH_HLEN_ + l3len > len)
-			return XF_SLOW;
+			return XV_SLOW;
 		k.family = XLB_AF_INET6;
 		k.proto = ip6->nexthdr;
 		addr_copy(k.src, ip6->saddr);
 		addr_copy(k.dst, ip6->daddr);
 		l3hl = sizeof(*ip6);
 	} else {
-		return XF_SLOW;
+		return XV_SLOW;
 	}
 	l3end = ETH_HLEN_ + l3len;
 
@@ -227,10 +223,10 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	if (k.proto == IPPROTO_TCP_) {
 		struct tcp_hdr *th = data + l4off;
 		if ((void *)(th + 1) > end)
-			return XF_SLOW;
+			return XV_SLOW;
 		__u32 doff = th->doff >> 4;
 		if (doff < 5 || l4off + doff * 4 > l3end)
-			return XF_SLOW;
+			return XV_SLOW;
 		tcp_flags = th->flags;
 		k.sport = th->sport;
 		k.dport = th->dport;
@@ -238,15 +234,15 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	} else if (k.proto == IPPROTO_UDP_) {
 		struct udp_hdr *uh = data + l4off;
 		if ((void *)(uh + 1) > end)
-			return XF_SLOW;
+			return XV_SLOW;
 		__u32 ulen = bpf_ntohs(uh->len);
 		if (ulen < 8 || l4off + ulen > l3end)
-			return XF_SLOW;
+			return XV_SLOW;
 		k.sport = uh->sport;
 		k.dport = uh->dport;
 		csum_off = l4off + 6;
 	} else {
-		return XF_SLOW;
+		return XV_SLOW;
 	}
 
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
@@ -258,13 +254,13 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 		sk.proto = k.proto;
 		sk.family = k.family;
 		if (bpf_map_lookup_elem(&services, &sk))
-			return XF_NEW; /* new flow */
+			return XV_NEW; /* new flow */
 		struct global_counters *g = gstats();
 		if (g) {
 			g->rx++;
 			g->passed++;
 		}
-		return xdp ? XDP_PASS : TC_PASS;
+		return XV_PASS;
 	}
 
 	/* Age with the coarse clock (a precise bpf_ktime_get_ns costs ~30 ns
@@ -280,21 +276,21 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 		age = 0;
 	age += XLB_COARSE_SLACK_NS;
 	if ((__u64)age >= XLB_TOUCH_NS || (__u64)age > (__u64)e->lifetime_s * NSEC_PER_SEC)
-		return XF_SLOW;
+		return XV_SLOW;
 
 	/* Bookkeeping (FIN/RST) and stale backends are the slow path's. */
 	__u32 fl = e->flags;
 	if (k.proto == IPPROTO_TCP_ && (tcp_flags & (TCP_FIN_ | TCP_RST_)))
-		return XF_SLOW;
+		return XV_SLOW;
 	bool reply = fl & XLB_CT_F_REPLY;
 	if (!reply) {
 		__u32 bid = e->backend_id;
 		struct backend *b = bpf_map_lookup_elem(&backends, &bid);
 		if (!b || b->gen != e->backend_gen || b->state == XLB_BE_UNUSED)
-			return XF_SLOW;
+			return XV_SLOW;
 		if ((fl & XLB_CT_F_CLOSING) && k.proto == IPPROTO_TCP_ &&
 		    (tcp_flags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_)
-			return XF_SLOW;
+			return XV_SLOW;
 	}
 
 	/* Committed: counters, then the rewrite. */
@@ -320,7 +316,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	if (v6) {
 		struct ip6_hdr *ip6 = data + ETH_HLEN_;
 		if ((void *)(ip6 + 1) > end)
-			return XF_SLOW; /* unreachable: checked above */
+			return XV_SLOW; /* unreachable: checked above */
 		if (!addr_eq(k.src, nsrc)) {
 			adiff = csum_diff128(adiff, k.src, nsrc);
 			addr_copy(ip6->saddr, nsrc);
@@ -332,7 +328,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	} else {
 		struct ip4_hdr *ip = data + ETH_HLEN_;
 		if ((void *)(ip + 1) > end)
-			return XF_SLOW;
+			return XV_SLOW;
 		if (k.src[0] != nsrc[0]) {
 			adiff = csum_diff32(adiff, k.src[0], nsrc[0]);
 			ip->saddr = nsrc[0];
@@ -347,7 +343,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	{
 		__be16 *ports = data + l4off;
 		if ((void *)(ports + 2) > end)
-			return XF_SLOW;
+			return XV_SLOW;
 		if (k.sport != nsport) {
 			pdiff = csum_diff16(pdiff, k.sport, nsport);
 			ports[0] = nsport;
@@ -360,7 +356,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	if (xdp) {
 		__u16 *cp = data + csum_off;
 		if ((void *)(cp + 1) > end)
-			return XF_SLOW;
+			return XV_SLOW;
 		__u16 l4csum = *cp;
 		if (!(udp && !v6 && l4csum == 0)) {
 			l4csum = csum_apply(l4csum, adiff + pdiff);
@@ -385,12 +381,12 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 			err = 1;
 		if (err) {
 			GINC(malformed);
-			return TC_ACT_SHOT;
+			return XV_DROP;
 		}
 	}
 
 	/* Forwarding: as forward_body. */
-	int pass = xdp ? XDP_PASS : TC_PASS;
+	int pass = XV_PASS;
 	struct xlb_cfg *cfg = config();
 	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
 		return pass;
@@ -418,7 +414,7 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 		long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 			if (!xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-				return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+				return xv_redirect(xdp, bpf_redirect_neigh(fib.ifindex, NULL, 0, 0));
 			/* No route, forwarding disabled, MTU exceeded, ...: the
 			 * kernel routes the already-rewritten packet. */
 			return pass;
@@ -442,8 +438,8 @@ static __always_inline int fast_body(void *ctx, bool xdp)
 	__builtin_memcpy(eth->dst, fs->dmac, 6);
 	__builtin_memcpy(eth->src, fs->smac, 6);
 	if (xdp && oif == ifindex)
-		return XDP_TX;
-	return bpf_redirect(oif, 0);
+		return XV_TX;
+	return xv_redirect(xdp, bpf_redirect(oif, 0));
 }
 
 static __noinline int fast_xdp(struct xdp_md *ctx)
@@ -473,18 +469,18 @@ SEC("tc")
 int xlb_tc(struct __sk_buff *skb)
 {
 	int r = fast_tc(skb);
-	if (r != XF_SLOW && r != XF_NEW)
-		return r;
-	return slow_tc(skb, r == XF_NEW);
+	if (r == XV_SLOW || r == XV_NEW)
+		r = slow_tc(skb, r == XV_NEW);
+	return xv_ret(false, r);
 }
 
 SEC("xdp")
 int xlb_xdp(struct xdp_md *ctx)
 {
 	int r = fast_xdp(ctx);
-	if (r != XF_SLOW && r != XF_NEW)
-		return r;
-	return slow_xdp(ctx, r == XF_NEW);
+	if (r == XV_SLOW || r == XV_NEW)
+		r = slow_xdp(ctx, r == XV_NEW);
+	return xv_ret(true, r);
 }
 
 /* Benchmark floor: the cheapest program that still parses what xlb parses

@@ -8,11 +8,21 @@
 
 #include "common.h"
 
-/* Verdicts of the core, translated by each entry point. */
-enum {
-	XV_PASS = 0, /* untouched (or already rewritten but let the kernel route) */
+/*
+ * The one return convention of every stage (parse, conntrack, nat, fib,
+ * icmp, frag, the fast path). Program return codes (XDP_*, TC_ACT_*) exist
+ * only in this file: xv_ret() translates at the entry points.
+ */
+enum xv {
+	XV_PASS = 0,     /* to the kernel: untouched, or rewritten and routed by the kernel */
 	XV_DROP = 1,
-	XV_FWD = 2, /* rewritten: forward (fib lookup + redirect) */
+	XV_TX = 2,       /* XDP only: out of the ingress interface */
+	XV_REDIRECT = 3, /* bpf_redirect / bpf_redirect_neigh done: out of another interface */
+	/* Continuations: never leave the pipeline. */
+	XV_LB = 4,       /* parser: TCP/UDP tuple parsed, load balance */
+	XV_ICMP = 5,     /* parser: ICMP/ICMPv6 at p->l4off, maybe an error to translate */
+	XV_SLOW = 6,     /* fast path: not handled, no side effect yet: run the full pipeline */
+	XV_NEW = 7,      /* fast path: conntrack miss and a service: the full pipeline, new flow */
 };
 
 /*
@@ -76,11 +86,28 @@ static __always_inline int st(struct xctx *x, __u32 off, const void *buf, const 
 	return bpf_skb_store_bytes(x->ctx, off, buf, len, 0);
 }
 
-static __always_inline int verdict(struct xctx *x, int v)
+/* The result of bpf_redirect / bpf_redirect_neigh (a program return code)
+ * as a verdict: a redirect, or a drop when the helper refused. */
+static __always_inline int xv_redirect(bool xdp, long rc)
 {
-	if (v == XV_DROP)
-		return x->xdp ? XDP_DROP : TC_ACT_SHOT;
-	return x->xdp ? XDP_PASS : TC_PASS;
+	if (rc == (xdp ? XDP_REDIRECT : TC_ACT_REDIRECT))
+		return XV_REDIRECT;
+	return XV_DROP;
+}
+
+/* Verdict -> program return code (entry points only). */
+static __always_inline int xv_ret(bool xdp, int v)
+{
+	switch (v) {
+	case XV_DROP:
+		return xdp ? XDP_DROP : TC_ACT_SHOT;
+	case XV_TX:
+		return xdp ? XDP_TX : TC_PASS; /* never produced in tc */
+	case XV_REDIRECT:
+		return xdp ? XDP_REDIRECT : TC_ACT_REDIRECT;
+	default:
+		return xdp ? XDP_PASS : TC_PASS;
+	}
 }
 
 #endif /* XLB_LIB_CTX_H */

@@ -98,13 +98,13 @@ static __always_inline void fib_slot_fill(struct fib_slot *fs, __u64 cnow, __u32
 /* ---------- forwarding ---------- */
 
 /* After a rewrite: route the packet ourselves (fib lookup + redirect) or let
- * the kernel do it. Returns the program's return code. TTL/hop limit is not
+ * the kernel do it. Returns a verdict (XV_*). TTL/hop limit is not
  * decremented (the LB is a translator, like IPVS/Katran). */
 static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a)
 {
 	__u8 family = a->family;
 	const __be32 *src = a->src, *dst = a->dst;
-	int pass = x->xdp ? XDP_PASS : TC_PASS;
+	int pass = XV_PASS;
 	struct xlb_cfg *cfg = config();
 	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
 		return pass;
@@ -154,7 +154,7 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	}
 	if (!x->xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		/* Let the kernel resolve the neighbour and fill L2. */
-		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+		return xv_redirect(x->xdp, bpf_redirect_neigh(fib.ifindex, NULL, 0, 0));
 	/* No route, forwarding disabled, MTU exceeded (the kernel sends the
 	 * ICMP error), ...: the kernel routes the already-rewritten packet. */
 	return pass;
@@ -163,8 +163,8 @@ redirect:
 	if (st(x, 0, &macs, 12))
 		return pass;
 	if (x->xdp && oif == x->ifindex)
-		return XDP_TX;
-	return bpf_redirect(oif, 0);
+		return XV_TX;
+	return xv_redirect(x->xdp, bpf_redirect(oif, 0));
 }
 
 static __noinline int forward_xdp(struct xdp_md *ctx, const struct fwd_args *a)
@@ -184,7 +184,7 @@ static __always_inline int forward(struct xctx *x, __u8 family, __u8 l4proto, co
 {
 	struct scratch *sc = scratch();
 	if (!sc)
-		return x->xdp ? XDP_PASS : TC_PASS;
+		return XV_PASS;
 	struct fwd_args *a = &sc->fa;
 	addr_copy(a->src, src);
 	addr_copy(a->dst, dst);

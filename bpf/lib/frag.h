@@ -16,7 +16,7 @@ static __always_inline int fragment(struct xctx *x, struct pkt *p, __u32 l4off, 
 	GINC(fragments);
 	if (!is_vip(p->t.family, p->t.dst)) {
 		GINC(passed);
-		return verdict(x, XV_PASS);
+		return XV_PASS;
 	}
 	__be16 ports[2];
 	if (first && (p->t.proto == IPPROTO_TCP_ || p->t.proto == IPPROTO_UDP_) && !ld(x, l4off, ports, 4)) {
@@ -26,7 +26,7 @@ static __always_inline int fragment(struct xctx *x, struct pkt *p, __u32 l4off, 
 		if (s)
 			svc_drop(s->id, XLB_DROP_FRAGMENT);
 	}
-	return verdict(x, XV_DROP);
+	return XV_DROP;
 }
 
 #endif /* XLB_LIB_FRAG_H */

@@ -138,10 +138,10 @@ static __always_inline int icmp_error_body(struct xctx *x, struct pkt *p, __u32 
 #undef k
 pass:
 	GINC(passed);
-	return verdict(x, XV_PASS);
+	return XV_PASS;
 bad:
 	GINC(malformed);
-	return verdict(x, XV_DROP);
+	return XV_DROP;
 }
 
 static __noinline int icmp_error_xdp(struct xdp_md *ctx, struct pkt *p, __u32 icmp_off)

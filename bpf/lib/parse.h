@@ -9,10 +9,6 @@
 #include "counters.h"
 #include "frag.h"
 
-/* Internal results of the parser (program return codes are >= -1:
- * TC_ACT_UNSPEC is -1). */
-#define XR_LB (-2)   /* TCP/UDP tuple parsed: load balance */
-#define XR_ICMP (-3) /* ICMP/ICMPv6 at p->l4off: maybe an error to translate */
 
 /* Malformed packet: never translated. Dropped only when it can be attributed
  * to a service (destination VIP:port:proto known), otherwise passed. */
@@ -23,10 +19,10 @@ static __always_inline int malformed(struct xctx *x, struct pkt *p, bool have_po
 		struct svc_info *s = svc_lookup(&p->t);
 		if (s) {
 			svc_drop(s->id, XLB_DROP_MALFORMED);
-			return verdict(x, XV_DROP);
+			return XV_DROP;
 		}
 	}
-	return verdict(x, XV_PASS);
+	return XV_PASS;
 }
 
 /* TCP/UDP header at p->l4off, within l3end. */
@@ -67,7 +63,7 @@ static __always_inline int l4(struct xctx *x, struct pkt *p, __u32 l3end)
 			return malformed(x, p, true);
 		p->csum_off = p->l4off + 6;
 	}
-	return XR_LB;
+	return XV_LB;
 }
 
 static __always_inline int process_v4(struct xctx *x, struct pkt *p)
@@ -105,10 +101,10 @@ static __always_inline int process_v4(struct xctx *x, struct pkt *p)
 	case IPPROTO_UDP_:
 		return l4(x, p, ETH_HLEN_ + tot);
 	case IPPROTO_ICMP_:
-		return XR_ICMP;
+		return XV_ICMP;
 	}
 	GINC(passed);
-	return verdict(x, XV_PASS);
+	return XV_PASS;
 }
 
 static __always_inline int process_v6(struct xctx *x, struct pkt *p)
@@ -161,12 +157,12 @@ static __always_inline int process_v6(struct xctx *x, struct pkt *p)
 	case IPPROTO_UDP_:
 		return l4(x, p, l3end);
 	case IPPROTO_ICMPV6_:
-		return XR_ICMP;
+		return XV_ICMP;
 	}
 	/* Routing headers (the destination is not final), too many extension
 	 * headers, other protocols: never translated. */
 	GINC(passed);
-	return verdict(x, XV_PASS);
+	return XV_PASS;
 }
 
 #endif /* XLB_LIB_PARSE_H */
