@@ -46,7 +46,9 @@ struct pkt {
 	__u8 pad;
 };
 
+/* Arguments of forwarding (lib/fib.h): the packet's new addresses. */
 struct fwd_args {
+	__u64 cnow; /* bpf_ktime_get_coarse_ns() of this packet (FIB cache) */
 	__be32 src[4];
 	__be32 dst[4];
 	__u16 l3len;

@@ -107,6 +107,44 @@ static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e,
 	}
 }
 
+/*
+ * Whether a forward entry still applies to this packet. DOWN/DRAINING
+ * backends keep their established flows; a reused id (gen changed) or a
+ * removed backend does not. A SYN on a closing flow is a new connection
+ * reusing the 5-tuple. (Reply entries always apply while alive.)
+ */
+static __always_inline bool ct_fwd_usable(const struct ct_entry *e, const struct pkt *p)
+{
+	bool syn_only = p->t.proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_SYN_ | TCP_ACK_)) == TCP_SYN_;
+	__u32 bid = e->backend_id;
+	struct backend *b = bpf_map_lookup_elem(&backends, &bid);
+	return b && b->gen == e->backend_gen && b->state != XLB_BE_UNUSED &&
+	       !(syn_only && (e->flags & XLB_CT_F_CLOSING));
+}
+
+/*
+ * The fast path's test: e is surely alive and ct_touch would do nothing for
+ * this packet (no refresh due, no FIN/RST).
+ *
+ * Age with the coarse clock (a precise bpf_ktime_get_ns costs ~30 ns here,
+ * more than the conntrack lookup). It lags the precise one by at most a
+ * tick, so an entry is surely alive and needs no refresh when coarse_age +
+ * XLB_COARSE_SLACK_NS is within both limits; anything closer to a limit (or
+ * expired, or lifetime 0) goes to the slow path, which decides with the
+ * precise clock. last_seen_ns written by another CPU may be ahead of the
+ * coarse clock: a negative age counts as 0.
+ */
+static __always_inline bool ct_settled(const struct ct_entry *e, const struct pkt *p, __u64 cnow)
+{
+	__s64 age = (__s64)(cnow - e->last_seen_ns);
+	if (age < 0)
+		age = 0;
+	age += XLB_COARSE_SLACK_NS;
+	if ((__u64)age >= XLB_TOUCH_NS || (__u64)age > (__u64)e->lifetime_s * NSEC_PER_SEC)
+		return false;
+	return !(p->t.proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FIN_ | TCP_RST_)));
+}
+
 /* Old entry being replaced (stale backend, expired, or a new SYN on a
  * closing flow): give its backend_active slot back if it still holds one. */
 static __always_inline void ct_release(struct ct_entry *old)

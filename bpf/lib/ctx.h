@@ -37,31 +37,80 @@ enum xv {
 #define TC_PASS TC_ACT_UNSPEC
 
 struct xctx {
-	void *ctx;    /* struct __sk_buff * or struct xdp_md * */
-	__u32 len;    /* bytes of the whole frame */
+	void *ctx;     /* struct __sk_buff * or struct xdp_md * */
+	__u32 len;     /* bytes of the whole frame */
 	__u32 ifindex; /* ingress ifindex */
-	bool xdp;
+	bool xdp;      /* program type (a compile-time constant per instantiation) */
+	bool fast;     /* the fast path: direct packet access in tc too, inline forwarding */
 };
 
-/* Build the context of each program type. Heavy parts of the core are
+/*
+ * Build the context of each program type. Heavy parts of the core are
  * instantiated once per program type as __noinline subprograms (each with
  * its own stack frame, the inlined whole would exceed 512 bytes); these
- * rebuild the xctx from the raw ctx so x->xdp stays a constant. */
+ * rebuild the xctx from the raw ctx so x->xdp stays a constant.
+ * XCTX_*_FAST is the fast path's context: the same stage helpers, but tc
+ * packets are read and written through skb->data/data_end (only the linear
+ * part: anything beyond makes the fast path hand over to the slow path).
+ */
 #define XCTX_XDP(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true }
 #define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false }
+#define XCTX_XDP_FAST(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true, .fast = true }
+#define XCTX_TC_FAST(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .fast = true }
 
 /* ---------- packet access ---------- */
 
-static __always_inline int ld(struct xctx *x, __u32 off, void *buf, const __u32 len)
+/*
+ * Two methods, chosen by the (constant) context: direct pointers (XDP, and
+ * tc in the fast path: bounds-checked against data_end, offsets at most
+ * XLB_MAX_HDR_OFF) or the skb helpers (tc slow path:
+ * bpf_skb_load_bytes/bpf_skb_store_bytes work on non-linear skbs and unclone
+ * when needed). The packet pointers are re-read from the context on every
+ * access, so a helper that changes the packet in between does not matter.
+ */
+static __always_inline bool x_direct(const struct xctx *x)
 {
+	return x->xdp || x->fast;
+}
+
+/* A pointer to len packet bytes at off, or NULL (direct access only). */
+static __always_inline void *pkt_ptr(struct xctx *x, __u32 off, const __u32 len)
+{
+	void *data, *end;
 	if (x->xdp) {
 		struct xdp_md *m = x->ctx;
-		void *data = (void *)(long)m->data;
-		void *end = (void *)(long)m->data_end;
-		if (off > XLB_MAX_HDR_OFF)
-			return -1;
-		void *p = data + off;
-		if (p + len > end)
+		data = (void *)(long)m->data;
+		end = (void *)(long)m->data_end;
+	} else {
+		struct __sk_buff *skb = x->ctx;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
+	if (off > XLB_MAX_HDR_OFF)
+		return NULL;
+	void *p = data + off;
+	if (p + len > end)
+		return NULL;
+	return p;
+}
+
+/* The len bytes at off, to be read only: a pointer into the packet (direct
+ * access, no copy) or to buf after a copy (skb helpers). NULL when they are
+ * not in the packet. Parsers read headers through this. */
+static __always_inline void *ld_ptr(struct xctx *x, __u32 off, void *buf, const __u32 len)
+{
+	if (x_direct(x))
+		return pkt_ptr(x, off, len);
+	if (bpf_skb_load_bytes(x->ctx, off, buf, len))
+		return NULL;
+	return buf;
+}
+
+static __always_inline int ld(struct xctx *x, __u32 off, void *buf, const __u32 len)
+{
+	if (x_direct(x)) {
+		void *p = pkt_ptr(x, off, len);
+		if (!p)
 			return -1;
 		__builtin_memcpy(buf, p, len);
 		return 0;
@@ -71,14 +120,9 @@ static __always_inline int ld(struct xctx *x, __u32 off, void *buf, const __u32 
 
 static __always_inline int st(struct xctx *x, __u32 off, const void *buf, const __u32 len)
 {
-	if (x->xdp) {
-		struct xdp_md *m = x->ctx;
-		void *data = (void *)(long)m->data;
-		void *end = (void *)(long)m->data_end;
-		if (off > XLB_MAX_HDR_OFF)
-			return -1;
-		void *p = data + off;
-		if (p + len > end)
+	if (x_direct(x)) {
+		void *p = pkt_ptr(x, off, len);
+		if (!p)
 			return -1;
 		__builtin_memcpy(p, buf, len);
 		return 0;

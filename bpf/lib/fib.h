@@ -114,9 +114,9 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 		__u8 src[6];
 	} macs;
 	__u32 oif;
-	/* The FIB cache, as in the fast path: new flows (e.g. all fullnat
-	 * flows toward one backend) and refreshes mostly hit it. */
-	__u64 cnow = bpf_ktime_get_coarse_ns();
+	/* The FIB cache: established flows (fast path), and also new flows
+	 * (e.g. all fullnat flows toward one backend) and refreshes mostly hit it. */
+	__u64 cnow = a->cnow;
 	struct fib_slot *fs = fib_slot_get(x->ifindex, src, dst);
 	if (fs && fib_slot_hit(fs, cnow, x->ifindex, family, a->l4proto, a->l3len, src, dst)) {
 		oif = fs->oif;
@@ -179,13 +179,27 @@ static __noinline int forward_tc(struct __sk_buff *ctx, const struct fwd_args *a
 	return forward_body(&x, a);
 }
 
+/* Forward a rewritten packet whose addresses are now src -> dst. The fast
+ * path inlines forward_body (its arguments on its own small stack frame);
+ * the slow path calls it as a subprogram with the arguments in scratch. */
 static __always_inline int forward(struct xctx *x, __u8 family, __u8 l4proto, const __be32 *src, const __be32 *dst,
-				   __u16 l3len)
+				   __u16 l3len, __u64 cnow)
 {
+	if (x->fast) {
+		struct fwd_args fa;
+		fa.cnow = cnow;
+		addr_copy(fa.src, src);
+		addr_copy(fa.dst, dst);
+		fa.l3len = l3len;
+		fa.family = family;
+		fa.l4proto = l4proto;
+		return forward_body(x, &fa);
+	}
 	struct scratch *sc = scratch();
 	if (!sc)
 		return XV_PASS;
 	struct fwd_args *a = &sc->fa;
+	a->cnow = cnow;
 	addr_copy(a->src, src);
 	addr_copy(a->dst, dst);
 	a->l3len = l3len;

@@ -134,7 +134,8 @@ static __always_inline int icmp_error_body(struct xctx *x, struct pkt *p, __u32 
 		goto bad;
 
 	GINC(icmp_nat);
-	return forward(x, p->t.family, v6 ? IPPROTO_ICMPV6_ : IPPROTO_ICMP_, osrc, odst, p->l3len);
+	return forward(x, p->t.family, v6 ? IPPROTO_ICMPV6_ : IPPROTO_ICMP_, osrc, odst, p->l3len,
+		       bpf_ktime_get_coarse_ns());
 #undef k
 pass:
 	GINC(passed);
