@@ -75,6 +75,7 @@ struct scratch {
 		struct ip4_hdr in4;
 	};
 	/* Parser: outer headers. */
+	struct eth_hdr h2;
 	union {
 		struct ip6_hdr ip6;
 		struct ip4_hdr ip4;

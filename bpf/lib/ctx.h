@@ -106,13 +106,64 @@ static __always_inline void *ld_ptr(struct xctx *x, __u32 off, void *buf, const 
 	return buf;
 }
 
+/*
+ * Copies between the packet (direct access) and a buffer. The packet side is
+ * accessed in 4- or 2-byte words: through a void pointer, __builtin_memcpy
+ * assumes no alignment and the BPF backend then moves single bytes (the
+ * typed header accesses of the parser are words too; unaligned packet
+ * access is fine where the verifier allows it, as on x86). may_alias:
+ * these words alias whatever the buffer holds.
+ */
+typedef __u32 __attribute__((may_alias)) xlb_u32a;
+typedef __u16 __attribute__((may_alias)) xlb_u16a;
+
+static __always_inline void pkt_read(void *buf, const void *pkt, const __u32 len)
+{
+	if (len % 4 == 0) {
+#pragma unroll
+		for (__u32 i = 0; i < len / 4; i++) {
+			__u32 v = ((const xlb_u32a *)pkt)[i];
+			__builtin_memcpy((__u8 *)buf + 4 * i, &v, 4);
+		}
+	} else if (len % 2 == 0) {
+#pragma unroll
+		for (__u32 i = 0; i < len / 2; i++) {
+			__u16 v = ((const xlb_u16a *)pkt)[i];
+			__builtin_memcpy((__u8 *)buf + 2 * i, &v, 2);
+		}
+	} else {
+		__builtin_memcpy(buf, pkt, len);
+	}
+}
+
+static __always_inline void pkt_write(void *pkt, const void *buf, const __u32 len)
+{
+	if (len % 4 == 0) {
+#pragma unroll
+		for (__u32 i = 0; i < len / 4; i++) {
+			__u32 v;
+			__builtin_memcpy(&v, (const __u8 *)buf + 4 * i, 4);
+			((xlb_u32a *)pkt)[i] = v;
+		}
+	} else if (len % 2 == 0) {
+#pragma unroll
+		for (__u32 i = 0; i < len / 2; i++) {
+			__u16 v;
+			__builtin_memcpy(&v, (const __u8 *)buf + 2 * i, 2);
+			((xlb_u16a *)pkt)[i] = v;
+		}
+	} else {
+		__builtin_memcpy(pkt, buf, len);
+	}
+}
+
 static __always_inline int ld(struct xctx *x, __u32 off, void *buf, const __u32 len)
 {
 	if (x_direct(x)) {
 		void *p = pkt_ptr(x, off, len);
 		if (!p)
 			return -1;
-		__builtin_memcpy(buf, p, len);
+		pkt_read(buf, p, len);
 		return 0;
 	}
 	return bpf_skb_load_bytes(x->ctx, off, buf, len);
@@ -124,7 +175,7 @@ static __always_inline int st(struct xctx *x, __u32 off, const void *buf, const 
 		void *p = pkt_ptr(x, off, len);
 		if (!p)
 			return -1;
-		__builtin_memcpy(p, buf, len);
+		pkt_write(p, buf, len);
 		return 0;
 	}
 	return bpf_skb_store_bytes(x->ctx, off, buf, len, 0);

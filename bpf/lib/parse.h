@@ -194,12 +194,12 @@ static __always_inline int parse_v6(struct xctx *x, struct pkt *p)
 /* Ethernet, then the IP version. p must be zeroed (the tuple is a map key). */
 static __always_inline int parse(struct xctx *x, struct pkt *p)
 {
-	__be16 proto;
-	if (ld(x, 12, &proto, 2))
+	struct eth_hdr *eth = ld_ptr(x, 0, PARSE_BUF(x, p, h2), sizeof(*eth));
+	if (!eth)
 		return PARSE_END(x, not_ours());
-	if (proto == bpf_htons(ETH_P_IP_))
+	if (eth->proto == bpf_htons(ETH_P_IP_))
 		return parse_v4(x, p);
-	if (proto == bpf_htons(ETH_P_IPV6_))
+	if (eth->proto == bpf_htons(ETH_P_IPV6_))
 		return parse_v6(x, p);
 	/* ARP, VLAN-tagged (not parsed), ...: not ours. */
 	return PARSE_END(x, not_ours());
