@@ -35,8 +35,7 @@ struct fib_slot {
 	__u16 max_len; /* largest L3 length that passed the MTU check */
 	__u8 family;
 	__u8 l4proto;
-	__u8 dmac[6];
-	__u8 smac[6];
+	__u32 l2[3]; /* destination then source MAC, as in the Ethernet header (words: copied as such) */
 };
 
 struct {
@@ -90,8 +89,8 @@ static __always_inline void fib_slot_fill(struct fib_slot *fs, __u64 cnow, __u32
 	fs->max_len = max_len;
 	fs->family = fam;
 	fs->l4proto = proto;
-	__builtin_memcpy(fs->dmac, fib->dmac, 6);
-	__builtin_memcpy(fs->smac, fib->smac, 6);
+	__builtin_memcpy((__u8 *)fs->l2, fib->dmac, 6);
+	__builtin_memcpy((__u8 *)fs->l2 + 6, fib->smac, 6);
 }
 
 
@@ -109,10 +108,7 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
 		return pass;
 
-	struct {
-		__u8 dst[6];
-		__u8 src[6];
-	} macs;
+	__u32 l2[3]; /* destination and source MAC */
 	__u32 oif;
 	/* The FIB cache: established flows (fast path), and also new flows
 	 * (e.g. all fullnat flows toward one backend) and refreshes mostly hit it. */
@@ -120,8 +116,9 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	struct fib_slot *fs = fib_slot_get(x->ifindex, src, dst);
 	if (fs && fib_slot_hit(fs, cnow, x->ifindex, family, a->l4proto, a->l3len, src, dst)) {
 		oif = fs->oif;
-		__builtin_memcpy(macs.dst, fs->dmac, 6);
-		__builtin_memcpy(macs.src, fs->smac, 6);
+		l2[0] = fs->l2[0];
+		l2[1] = fs->l2[1];
+		l2[2] = fs->l2[2];
 		goto redirect;
 	}
 
@@ -148,8 +145,8 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 		if (fs)
 			fib_slot_fill(fs, cnow, x->ifindex, family, a->l4proto, a->l3len, src, dst, fp);
 		oif = fib.ifindex;
-		__builtin_memcpy(macs.dst, fib.dmac, 6);
-		__builtin_memcpy(macs.src, fib.smac, 6);
+		__builtin_memcpy((__u8 *)l2, fib.dmac, 6);
+		__builtin_memcpy((__u8 *)l2 + 6, fib.smac, 6);
 		goto redirect;
 	}
 	if (!x->xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
@@ -160,7 +157,7 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	return pass;
 #undef fib
 redirect:
-	if (st(x, 0, &macs, 12))
+	if (st(x, 0, l2, 12))
 		return pass;
 	if (x->xdp && oif == x->ifindex)
 		return XV_TX;
