@@ -114,6 +114,10 @@ type Dataplane struct {
 	flowCounts     map[uint32]int // forward entries per service id, from the last walk
 	flowCountsAt   time.Time
 	ctEntries      int
+	// flowCountsMaxAge, when longer than flowCountMaxAge, is how old the
+	// counts may be: RunReaper sets it to its pause when walks are long,
+	// so that readers of the counts do not walk in between.
+	flowCountsMaxAge time.Duration
 }
 
 // beRef names one backend of one service.

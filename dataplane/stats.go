@@ -105,7 +105,7 @@ func (d *Dataplane) ConntrackUsage(ctx context.Context) (ConntrackUsage, error) 
 func (d *Dataplane) flowStats(ctx context.Context) (map[uint32]int, int, error) {
 	d.reapMu.Lock()
 	defer d.reapMu.Unlock()
-	if d.flowCounts != nil && time.Since(d.flowCountsAt) < flowCountMaxAge {
+	if d.flowCounts != nil && time.Since(d.flowCountsAt) < max(flowCountMaxAge, d.flowCountsMaxAge) {
 		return d.flowCounts, d.ctEntries, nil
 	}
 	counts := map[uint32]int{}

@@ -8,7 +8,10 @@ import (
 	"log"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -63,16 +66,20 @@ func nftVariantIn(lb *netns.NS, table string, vip netip.Addr, port uint16, b0, b
 }
 
 func xlbVariant(topo *netns.Topology, hook dataplane.Hook, svcs []dataplane.Service) variant {
-	return xlbVariantIn(topo.LB.NS, topo.LB.Interfaces(), hook, svcs)
+	return xlbVariantIn(topo.LB.NS, topo.LB.Interfaces(), hook, svcs, ppsConntrackFlows)
 }
 
-func xlbVariantIn(lb *netns.NS, ifaces []string, hook dataplane.Hook, svcs []dataplane.Service) variant {
+// ppsConntrackFlows is the conntrack capacity (flows) of the xlb variants of
+// the established-flow comparisons: far more than their 256 flows.
+const ppsConntrackFlows = 65536
+
+func xlbVariantIn(lb *netns.NS, ifaces []string, hook dataplane.Hook, svcs []dataplane.Service, ctFlows int) variant {
 	return variant{name: "xlb " + string(hook), setup: func(ctx context.Context) (func() error, error) {
 		var dp *dataplane.Dataplane
 		err := lb.Do(func() error {
 			var err error
 			dp, err = dataplane.New(ctx, dataplane.Config{Hook: hook, Interfaces: ifaces,
-				ConntrackFlows: 65536, MaxServices: 64, MaxBackends: 256})
+				ConntrackFlows: ctFlows, MaxServices: 64, MaxBackends: 256})
 			if err != nil {
 				return err
 			}
@@ -245,8 +252,8 @@ func ppsOn(ctx context.Context, rounds int, sample time.Duration, rep *report, n
 		fwdVariant(n),
 		plainVariant(),
 		nftVariantIn(n.lb, "xlbbench", vip, ppsPort, n.backends[0].addr, n.backends[1].addr),
-		xlbVariantIn(n.lb, n.lbIfaces, dataplane.HookXDP, []dataplane.Service{svc}),
-		xlbVariantIn(n.lb, n.lbIfaces, dataplane.HookTCX, []dataplane.Service{svc}),
+		xlbVariantIn(n.lb, n.lbIfaces, dataplane.HookXDP, []dataplane.Service{svc}, ppsConntrackFlows),
+		xlbVariantIn(n.lb, n.lbIfaces, dataplane.HookTCX, []dataplane.Service{svc}, ppsConntrackFlows),
 	}
 	rx := map[string][]float64{}
 	tx := map[string][]float64{}
@@ -307,34 +314,12 @@ func ppsSample(ctx context.Context, n *ppsNet, sink *pktgen.Sink, gen *pktgen.Ge
 	var busy time.Duration // the generator thread's CPU time in the last run
 	run := func(d time.Duration) (uint64, time.Duration, error) {
 		var cnt uint64
-		var el time.Duration
-		err := n.client.Do(func() error {
-			// This thread is locked and dies with its goroutine (NS.Do),
-			// so the affinity cannot leak into other goroutines.
-			var set unix.CPUSet
-			set.Set(ppsGenCPU)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				return fmt.Errorf("pin generator to CPU %d: %w", ppsGenCPU, err)
-			}
-			var ru0, ru1 unix.Rusage
-			if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru0); err != nil {
-				return fmt.Errorf("getrusage: %w", err)
-			}
-			t0 := time.Now()
+		b, el, err := onGenCPU(n.client, func() error {
 			var err error
 			cnt, err = gen.Run(ctx, n.clientIf, d, 1<<16)
-			el = time.Since(t0)
-			if rerr := unix.Getrusage(unix.RUSAGE_THREAD, &ru1); rerr != nil {
-				return errors.Join(err, fmt.Errorf("getrusage: %w", rerr))
-			}
-			// The whole path runs in softirq on the generator's thread
-			// (no IRQ time accounting here), so its CPU time is the
-			// path's. Far below the wall time means the generator waited
-			// (another task on its CPU, or a regression of holdGenerators):
-			// the rate then measures the waits, not the path.
-			busy = time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
 			return err
 		})
+		busy = b
 		return cnt, el, err
 	}
 	if _, _, err := run(300 * time.Millisecond); err != nil {
@@ -359,6 +344,86 @@ func ppsSample(ctx context.Context, n *ppsNet, sink *pktgen.Sink, gen *pktgen.Ge
 		100*busy.Seconds()/el.Seconds(), float64(busy.Nanoseconds())/float64(c1-c0))
 	return float64(c1-c0) / el.Seconds(), float64(cnt) / el.Seconds(), nil
 }
+
+// onGenCPU runs fn (which drives a generator) in ns on a thread pinned to
+// ppsGenCPU and returns the CPU time of that thread plus that of the CPU's
+// ksoftirqd (softirq work the kernel deferred from the thread), and the
+// wall time of fn.
+func onGenCPU(ns *netns.NS, fn func() error) (busy, wall time.Duration, err error) {
+	soft0, serr := ksoftirqdTime(ppsGenCPU)
+	err = ns.Do(func() error {
+		// This thread is locked and dies with its goroutine (NS.Do),
+		// so the affinity cannot leak into other goroutines.
+		var set unix.CPUSet
+		set.Set(ppsGenCPU)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			return fmt.Errorf("pin generator to CPU %d: %w", ppsGenCPU, err)
+		}
+		var ru0, ru1 unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru0); err != nil {
+			return fmt.Errorf("getrusage: %w", err)
+		}
+		t0 := time.Now()
+		err := fn()
+		wall = time.Since(t0)
+		if rerr := unix.Getrusage(unix.RUSAGE_THREAD, &ru1); rerr != nil {
+			return errors.Join(err, fmt.Errorf("getrusage: %w", rerr))
+		}
+		// The whole path runs in softirq on the generator's thread (no IRQ
+		// time accounting here), so its CPU time is the path's. Far below
+		// the wall time means the generator waited (another task on its
+		// CPU, or a regression of holdGenerators): the rate then measures
+		// the waits, not the path.
+		busy = time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+		return err
+	})
+	if soft1, err1 := ksoftirqdTime(ppsGenCPU); serr == nil && err1 == nil {
+		busy += soft1 - soft0
+	}
+	return busy, wall, err
+}
+
+// ksoftirqdTime returns the CPU time (user + system, clock-tick resolution)
+// of ksoftirqd/cpu.
+func ksoftirqdTime(cpu int) (time.Duration, error) {
+	ksoftirqdOnce.Do(func() {
+		dirs, _ := os.ReadDir("/proc")
+		want := fmt.Sprintf("ksoftirqd/%d", cpu)
+		for _, d := range dirs {
+			if b, err := os.ReadFile("/proc/" + d.Name() + "/comm"); err == nil && strings.TrimSpace(string(b)) == want {
+				ksoftirqdStat = "/proc/" + d.Name() + "/stat"
+				return
+			}
+		}
+	})
+	if ksoftirqdStat == "" {
+		return 0, fmt.Errorf("ksoftirqd/%d not found", cpu)
+	}
+	b, err := os.ReadFile(ksoftirqdStat)
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the ")" that closes comm: state is field 3, utime 14, stime 15.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b)[i+1:])
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("%s: unexpected format", ksoftirqdStat)
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("%s: %w", ksoftirqdStat, err)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
+const clockTicks = 100
+
+var (
+	ksoftirqdOnce sync.Once
+	ksoftirqdStat string
+)
 
 // holdGenerators keeps the generators' programs in the kernel's XDP
 // dispatcher for the whole comparison (see pktgen.Generator.Hold), attached

@@ -93,6 +93,38 @@ func NewGenerator(frame []byte, sportBase, sportCount uint16) (*Generator, error
 	return &Generator{prog: objs.Prog, frame: frame}, nil
 }
 
+// NewFlowGenerator loads the generator in new-flow mode: every packet gets
+// the next source address:port of a sequence that starts at srcBase:1024
+// (2^15 ports per address, then the next address), so a load balancer sees
+// each packet as a new flow. The sequence carries on across runs of the
+// same Generator.
+func NewFlowGenerator(frame []byte, srcBase netip.Addr) (*Generator, error) {
+	if len(frame) != FrameLen {
+		return nil, fmt.Errorf("generator template: %d bytes, want %d", len(frame), FrameLen)
+	}
+	if !srcBase.Is4() {
+		return nil, errors.New("new-flow generator: IPv4 source base only")
+	}
+	spec, err := loadPktgen()
+	if err != nil {
+		return nil, fmt.Errorf("load pktgen spec: %w", err)
+	}
+	b := srcBase.As4()
+	for name, v := range map[string]any{"tmpl": frame, "new_flows": uint8(1),
+		"nf_src_base": binary.BigEndian.Uint32(b[:]), "sport_count": uint16(1)} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	var objs struct {
+		Prog *ebpf.Program `ebpf:"xlb_pktgen"`
+	}
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return nil, fmt.Errorf("load generator: %w", err)
+	}
+	return &Generator{prog: objs.Prog, frame: frame}, nil
+}
+
 // Hold attaches the generator in generic (SKB) mode to ifindex, resolved in
 // the calling thread's namespace: an interface that never receives a
 // packet (a veth left down). Each BPF_PROG_TEST_RUN of an XDP program adds
@@ -131,6 +163,28 @@ func (g *Generator) Run(ctx context.Context, ifindex int, d time.Duration, batch
 			return sent, fmt.Errorf("live-frames run: %w", err)
 		}
 		sent += uint64(batch)
+	}
+	return sent, ctx.Err()
+}
+
+// RunCount transmits batches of batch frames out of ifindex (resolved in
+// the calling thread's namespace) until n frames are sent, d has passed or
+// ctx ends, whichever comes first; it returns the frames sent.
+func (g *Generator) RunCount(ctx context.Context, ifindex int, n uint64, d time.Duration, batch uint32) (uint64, error) {
+	var sent uint64
+	deadline := time.Now().Add(d)
+	for sent < n && time.Now().Before(deadline) && ctx.Err() == nil {
+		b := uint32(min(uint64(batch), n-sent))
+		opts := &ebpf.RunOptions{
+			Data:    g.frame,
+			Repeat:  b,
+			Flags:   flagLiveFrames,
+			Context: xdpMd{DataEnd: uint32(len(g.frame)), IngressIfindex: uint32(ifindex)},
+		}
+		if _, err := g.prog.Run(opts); err != nil {
+			return sent, fmt.Errorf("live-frames run: %w", err)
+		}
+		sent += uint64(b)
 	}
 	return sent, ctx.Err()
 }

@@ -21,8 +21,11 @@ const (
 	pktgenProgBenchFwd   = "bench_fwd"
 	pktgenProgBenchSink  = "bench_sink"
 	pktgenProgXlbPktgen  = "xlb_pktgen"
+	pktgenVarFlowSeq     = "flow_seq"
 	pktgenVarFwdIfindex  = "fwd_ifindex"
 	pktgenVarFwdMacs     = "fwd_macs"
+	pktgenVarNewFlows    = "new_flows"
+	pktgenVarNfSrcBase   = "nf_src_base"
 	pktgenVarSinkPort    = "sink_port"
 	pktgenVarSportBase   = "sport_base"
 	pktgenVarSportCount  = "sport_count"
@@ -88,8 +91,11 @@ type pktgenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenVariableSpecs struct {
+	FlowSeq    *ebpf.VariableSpec `ebpf:"flow_seq"`
 	FwdIfindex *ebpf.VariableSpec `ebpf:"fwd_ifindex"`
 	FwdMacs    *ebpf.VariableSpec `ebpf:"fwd_macs"`
+	NewFlows   *ebpf.VariableSpec `ebpf:"new_flows"`
+	NfSrcBase  *ebpf.VariableSpec `ebpf:"nf_src_base"`
 	SinkPort   *ebpf.VariableSpec `ebpf:"sink_port"`
 	SportBase  *ebpf.VariableSpec `ebpf:"sport_base"`
 	SportCount *ebpf.VariableSpec `ebpf:"sport_count"`
@@ -129,8 +135,11 @@ func (m *pktgenMaps) Close() error {
 //
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenVariables struct {
+	FlowSeq    *ebpf.Variable `ebpf:"flow_seq"`
 	FwdIfindex *ebpf.Variable `ebpf:"fwd_ifindex"`
 	FwdMacs    *ebpf.Variable `ebpf:"fwd_macs"`
+	NewFlows   *ebpf.Variable `ebpf:"new_flows"`
+	NfSrcBase  *ebpf.Variable `ebpf:"nf_src_base"`
 	SinkPort   *ebpf.Variable `ebpf:"sink_port"`
 	SportBase  *ebpf.Variable `ebpf:"sport_base"`
 	SportCount *ebpf.Variable `ebpf:"sport_count"`

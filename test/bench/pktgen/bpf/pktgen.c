@@ -9,6 +9,11 @@
  *   them in place), so every run rewrites the whole frame from the template
  *   set by Go, then picks a random source port out of sport_count (a power of
  *   two) so the load balancer sees a fixed set of established flows.
+ *   With new_flows set, every packet is a new flow instead: a sequence number
+ *   (flow_seq, in .bss, so it carries on across runs) gives the source port
+ *   1024 + (seq & 0x7fff) and the source address nf_src_base + (seq >> 15),
+ *   and the IPv4 header checksum is recomputed; 2^15 ports per address, so
+ *   no 5-tuple repeats for 2^39 packets.
  *
  * bench_sink — counts (per CPU) and drops UDP to sink_port over IPv4/IPv6;
  *   passes everything else (ARP, ND) so neighbour resolution still works.
@@ -37,6 +42,9 @@ volatile const __u32 tmpl[FRAME_LEN / 4];
 volatile const __u16 sport_base;  /* host order */
 volatile const __u16 sport_count; /* power of two, >= 1 */
 volatile const __u16 sink_port;   /* host order */
+volatile const __u8 new_flows;    /* 1: every packet a new source address:port */
+volatile const __u32 nf_src_base; /* host order: first source address of new_flows */
+__u32 flow_seq;                   /* new_flows sequence number */
 volatile const __u32 fwd_ifindex;
 volatile const __u8 fwd_macs[12]; /* destination, source */
 
@@ -59,7 +67,24 @@ int xlb_pktgen(struct xdp_md *ctx)
 #pragma unroll
 	for (int i = 0; i < FRAME_LEN / 4; i++)
 		w[i] = tmpl[i];
+	struct iphdr *ip = data + sizeof(struct ethhdr);
 	struct udphdr *udp = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
+	if (new_flows) {
+		__u32 n = flow_seq++;
+		__u16 *h = (__u16 *)ip;
+		__u32 sum = 0;
+
+		ip->saddr = bpf_htonl(nf_src_base + (n >> 15));
+		udp->source = bpf_htons(1024 + (n & 0x7fff));
+		ip->check = 0;
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			sum += h[i];
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		ip->check = ~sum;
+		return XDP_TX;
+	}
 	__u16 port = sport_base + (bpf_get_prandom_u32() & (sport_count - 1));
 	udp->source = bpf_htons(port);
 	return XDP_TX;
