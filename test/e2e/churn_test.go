@@ -62,7 +62,7 @@ func testInterfaceChurn(t *testing.T, hook string) {
 			a := churnAttempt{start: time.Now()}
 			r, err := e.topo.Client.Get(ctx, netip.Addr{}, target)
 			cancel()
-			a.label, a.err = r.Label, err
+			a.label, a.err = r.Backend, err
 			mu.Lock()
 			attempts = append(attempts, a)
 			mu.Unlock()
