@@ -336,6 +336,17 @@ func (d *Dataplane) refreshIfAddrs(ctx context.Context) error {
 	for k := range d.vipCount {
 		vips[beToAddr(k.Addr, k.Family)] = true
 	}
+	// One dump of every address, not one per interface: the link watcher
+	// calls this on every link or address event, and a Kubernetes node
+	// has an interface per pod.
+	all, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	byIndex := map[int][]netlink.Addr{}
+	for _, a := range all {
+		byIndex[a.LinkIndex] = append(byIndex[a.LinkIndex], a)
+	}
 	want := map[uint32]xlbIfAddr{}
 	limit := d.objs.IfAddrs.MaxEntries()
 	for _, l := range links {
@@ -343,10 +354,7 @@ func (d *Dataplane) refreshIfAddrs(ctx context.Context) error {
 		if idx == 0 || idx >= limit {
 			continue
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
-		}
+		addrs := byIndex[l.Attrs().Index]
 		var v xlbIfAddr
 		var have4, have6 bool
 		for _, a := range addrs {
