@@ -167,6 +167,12 @@ type InterfaceStatus struct {
 	Attached bool   `json:"attached"`
 	Mode     string `json:"mode,omitempty"` // tcx | xdp-native | xdp-generic
 	Error    string `json:"error,omitempty"`
+	// Ifindex is the interface index the datapath is attached to (or was
+	// last); absent while the interface is missing.
+	Ifindex int `json:"ifindex,omitempty"`
+	// Reattaches counts re-attachments since xlbd started (the interface
+	// was deleted and re-created, renamed, or came back).
+	Reattaches uint64 `json:"reattaches,omitempty"`
 }
 
 // Flow is one conntrack entry (GET /v1/conntrack).

@@ -25,6 +25,10 @@ type attachment struct {
 	ifindex int
 	link    link.Link
 	err     error
+	// attaches counts successful attachments of this interface by this
+	// process; every one after the first is a re-attach (the interface
+	// came back, changed index, or an earlier attempt failed).
+	attaches uint64
 }
 
 func (d *Dataplane) linkPinPath(ifname string, hook Hook) string {
@@ -52,10 +56,22 @@ func (d *Dataplane) Attach(ctx context.Context, ifname string) error {
 	defer d.mu.Unlock()
 	hook := d.cfg.Hook
 	old := d.links[ifname]
-	if old != nil && old.link != nil && old.hook == hook {
+	if old != nil && old.hook == hook {
+		// Already asked for: make sure it is still real (the interface
+		// may have been deleted and re-created since), re-attaching if not.
+		d.reconcileOne(old)
+		if err := d.refreshIfAddrs(ctx); err != nil {
+			d.log.Warn("refresh interface addresses", "err", err)
+		}
+		if old.link == nil {
+			return fmt.Errorf("attach %s to %s: %w", hook, ifname, old.err)
+		}
 		return nil
 	}
 	a := &attachment{name: ifname, hook: hook}
+	if old != nil {
+		a.attaches = old.attaches
+	}
 	err := d.attach(a)
 	if err != nil {
 		a.err = err
@@ -77,24 +93,38 @@ func (d *Dataplane) Attach(ctx context.Context, ifname string) error {
 	return nil
 }
 
+// errInterfaceMissing is the attach error of an interface that does not
+// exist (yet, or any more); the link watcher attaches it when it appears.
+var errInterfaceMissing = errors.New("interface not found; waiting for it to appear")
+
 func (d *Dataplane) attach(a *attachment) error {
+	// The mode is known before the interface is: status and metrics name
+	// the mode an interface will get even while it is missing.
+	flags := link.XDPDriverMode
+	switch {
+	case a.hook == HookXDP && d.cfg.XDPGeneric:
+		flags, a.mode = link.XDPGenericMode, "xdp-generic"
+	case a.hook == HookXDP:
+		a.mode = "xdp-native"
+	default:
+		a.mode = "tcx"
+	}
 	nl, err := netlink.LinkByName(a.name)
 	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			a.ifindex = 0
+			return errInterfaceMissing
+		}
 		return fmt.Errorf("find interface: %w", err)
 	}
 	a.ifindex = nl.Attrs().Index
 	var l link.Link
 	switch a.hook {
 	case HookXDP:
-		flags, mode := link.XDPDriverMode, "xdp-native"
-		if d.cfg.XDPGeneric {
-			flags, mode = link.XDPGenericMode, "xdp-generic"
-		}
 		l, err = link.AttachXDP(link.XDPOptions{Program: d.objs.XlbXdp, Interface: a.ifindex, Flags: flags})
-		a.mode = mode
 	default:
 		l, err = link.AttachTCX(link.TCXOptions{Program: d.objs.XlbTc, Interface: a.ifindex, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
-		a.mode = "tcx"
 	}
 	if err != nil {
 		return err
@@ -113,6 +143,7 @@ func (d *Dataplane) attach(a *attachment) error {
 		}
 	}
 	a.link = l
+	a.attaches++
 	return nil
 }
 
@@ -154,9 +185,20 @@ func (d *Dataplane) Interfaces() []AttachState {
 	defer d.mu.Unlock()
 	out := make([]AttachState, 0, len(d.links))
 	for _, a := range d.links {
-		s := AttachState{Name: a.name, Attached: a.link != nil, Mode: a.mode}
+		s := AttachState{Name: a.name, Attached: a.link != nil, Mode: a.mode, Ifindex: a.ifindex}
+		if a.attaches > 1 {
+			s.Reattaches = a.attaches - 1
+		}
 		if a.err != nil {
 			s.Error = a.err.Error()
+		}
+		// Ask the kernel rather than trust our bookkeeping: when an
+		// interface is deleted the kernel detaches the link (it reads
+		// ifindex 0) before the link watcher has heard of it.
+		if s.Attached {
+			if err := linkAlive(a); err != nil {
+				s.Attached, s.Error = false, err.Error()
+			}
 		}
 		out = append(out, s)
 	}
@@ -192,7 +234,7 @@ func (d *Dataplane) adoptLinks(ctx context.Context) error {
 			os.Remove(path)
 			continue
 		}
-		a := &attachment{name: ifname, hook: hook, link: l, mode: "tcx"}
+		a := &attachment{name: ifname, hook: hook, link: l, mode: "tcx", attaches: 1}
 		if err := d.checkAdopted(a); err != nil {
 			d.log.Warn("dropping stale link pin", "path", path, "err", err)
 			l.Unpin()
@@ -294,6 +336,17 @@ func (d *Dataplane) refreshIfAddrs(ctx context.Context) error {
 	for k := range d.vipCount {
 		vips[beToAddr(k.Addr, k.Family)] = true
 	}
+	// One dump of every address, not one per interface: the link watcher
+	// calls this on every link or address event, and a Kubernetes node
+	// has an interface per pod.
+	all, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	byIndex := map[int][]netlink.Addr{}
+	for _, a := range all {
+		byIndex[a.LinkIndex] = append(byIndex[a.LinkIndex], a)
+	}
 	want := map[uint32]xlbIfAddr{}
 	limit := d.objs.IfAddrs.MaxEntries()
 	for _, l := range links {
@@ -301,10 +354,7 @@ func (d *Dataplane) refreshIfAddrs(ctx context.Context) error {
 		if idx == 0 || idx >= limit {
 			continue
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
-		}
+		addrs := byIndex[l.Attrs().Index]
 		var v xlbIfAddr
 		var have4, have6 bool
 		for _, a := range addrs {

@@ -159,9 +159,16 @@ type FlowFilter struct {
 type AttachState struct {
 	Name     string
 	Attached bool
-	// Mode is "tcx", "xdp-native" or "xdp-generic".
+	// Mode is "tcx", "xdp-native" or "xdp-generic" (the configured mode,
+	// also while the interface is missing).
 	Mode  string
 	Error string
+	// Ifindex is the interface index the datapath is (or was last) attached
+	// to; 0 while the interface is missing.
+	Ifindex int
+	// Reattaches counts re-attachments by this process after the first
+	// attachment (the interface was re-created, renamed or came back).
+	Reattaches uint64
 }
 
 // ApplyResult reports what an Apply changed.

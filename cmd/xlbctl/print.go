@@ -310,9 +310,13 @@ func printStatus(w io.Writer, st api.Status) error {
 	}
 	fmt.Fprintln(w)
 	tw = newTable(w)
-	row(tw, "INTERFACE", "ATTACHED", "MODE", "ERROR")
+	row(tw, "INTERFACE", "ATTACHED", "MODE", "IFINDEX", "REATTACHES", "ERROR")
 	for _, i := range st.Interfaces {
-		row(tw, i.Name, yesNo(i.Attached), orDash(i.Mode), orDash(i.Error))
+		idx := "-"
+		if i.Ifindex != 0 {
+			idx = strconv.Itoa(i.Ifindex)
+		}
+		row(tw, i.Name, yesNo(i.Attached), orDash(i.Mode), idx, strconv.FormatUint(i.Reattaches, 10), orDash(i.Error))
 	}
 	return tw.Flush()
 }

@@ -61,7 +61,8 @@ var (
 	descServices    = prometheus.NewDesc("xlb_services", "Services in the desired state.", nil, nil)
 	descGeneration  = prometheus.NewDesc("xlb_desired_generation", "Generation of the desired state.", nil, nil)
 	descReady       = prometheus.NewDesc("xlb_ready", "1 when the daemon is ready (state restored, datapath programmed, interfaces attached).", nil, nil)
-	descAttached    = prometheus.NewDesc("xlb_interface_attached", "1 when the datapath is attached to the interface.", []string{"interface", "mode"}, nil)
+	descAttached    = prometheus.NewDesc("xlb_interface_attached", "1 when the datapath is attached to the interface (checked against the kernel at each scrape); 0 while the interface is missing or the attach failed.", []string{"interface", "mode"}, nil)
+	descReattaches  = prometheus.NewDesc("xlb_interface_reattaches_total", "Times the datapath was re-attached to the interface since xlbd started (deleted and re-created, renamed, or came back).", []string{"interface"}, nil)
 )
 
 // datapathCollector reads live counters from the Core on every scrape, so
@@ -71,7 +72,7 @@ type datapathCollector struct{ core Core }
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSvcPackets, descSvcBytes, descSvcNewFlows, descSvcDrops, descSvcFlows, descSvcBackends,
 		descBePackets, descBeBytes, descBeNewFlows, descBeActive, descBeState, descCTEntries, descCTCapacity, descServices,
-		descGeneration, descReady, descAttached} {
+		descGeneration, descReady, descAttached, descReattaches} {
 		ch <- d
 	}
 }
@@ -93,6 +94,7 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descReady, boolFloat(st.Ready))
 	for _, i := range st.Interfaces {
 		gauge(descAttached, boolFloat(i.Attached), i.Name, i.Mode)
+		counter(descReattaches, i.Reattaches, i.Name)
 	}
 	svcs, err := c.core.ListServices(ctx, nil)
 	if err != nil {

@@ -501,6 +501,7 @@ func TestMetrics(t *testing.T) {
 		`xlb_services 1`,
 		`xlb_ready 1`,
 		`xlb_interface_attached{interface="eth0",mode="tcx"} 1`,
+		`xlb_interface_reattaches_total{interface="eth0"} 0`,
 		`xlb_api_requests_total{code="201",method="PUT",route="/v1/services/{name}"} 1`,
 		`xlb_api_requests_total{code="404",method="GET",route="/v1/services/{name}"} 1`,
 		`xlb_api_request_duration_seconds_count{code="201",method="PUT",route="/v1/services/{name}"} 1`,

@@ -199,6 +199,12 @@ type reaper interface {
 	RunReaper(ctx context.Context, interval time.Duration)
 }
 
+// linkWatcher is implemented by the eBPF datapath: it follows netlink link
+// and address events and re-attaches interfaces that are re-created.
+type linkWatcher interface {
+	WatchLinks(ctx context.Context, resync time.Duration) error
+}
+
 // ReapInterval is how often idle conntrack entries are collected.
 const ReapInterval = 10 * time.Second
 
@@ -223,6 +229,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer close(bgDone)
 		if r, ok := d.dp.(reaper); ok {
 			r.RunReaper(bgCtx, ReapInterval)
+		}
+	}()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if w, ok := d.dp.(linkWatcher); ok {
+			if err := w.WatchLinks(bgCtx, 0); err != nil {
+				d.log.Error("interface watcher stopped; re-created interfaces will not be re-attached", "error", err)
+			}
 		}
 	}()
 	probeDone := make(chan struct{})
@@ -250,6 +265,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	stopBG()
 	<-bgDone
+	<-watchDone
 	<-probeDone
 	d.mgr.Stop() // no drain-timeout flush once the datapath is closing
 	// Withdraw at once (NOTIFICATION: routers converge in about a second

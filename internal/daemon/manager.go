@@ -640,7 +640,8 @@ func (m *Manager) Status(ctx context.Context) api.Status {
 	}
 	m.mu.RUnlock()
 	for _, a := range m.cfg.Dataplane.Interfaces() {
-		st.Interfaces = append(st.Interfaces, api.InterfaceStatus{Name: a.Name, Attached: a.Attached, Mode: a.Mode, Error: a.Error})
+		st.Interfaces = append(st.Interfaces, api.InterfaceStatus{Name: a.Name, Attached: a.Attached, Mode: a.Mode, Error: a.Error,
+			Ifindex: a.Ifindex, Reattaches: a.Reattaches})
 	}
 	if u, err := m.cfg.Dataplane.ConntrackUsage(ctx); err == nil {
 		st.ConntrackEntries, st.ConntrackCapacity = u.Entries, u.Capacity

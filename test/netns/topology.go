@@ -122,6 +122,7 @@ type Topology struct {
 	Backends []*Host
 
 	namespaces []*NS
+	opts       Options
 }
 
 // New builds a topology with a fresh prefix and registers its teardown with
@@ -217,6 +218,7 @@ func (tp *Topology) build(ctx context.Context, opts Options) error {
 	if opts.ClientAddrs == 0 {
 		opts.ClientAddrs = 1
 	}
+	tp.opts = opts
 	if opts.ClientAddrs < 0 || opts.ClientAddrs > 200 {
 		return fmt.Errorf("options.ClientAddrs=%d: allowed 1..200", opts.ClientAddrs)
 	}
@@ -458,3 +460,64 @@ func prefixNet(a netip.Addr, bits int) *net.IPNet {
 
 // AddrPort formats addr:port for dialing, bracketing IPv6.
 func AddrPort(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
+
+// DeleteClientLink deletes the LB's client-facing veth (and with it the
+// client's end and the client's default routes), as when an uplink
+// interface is removed. RecreateClientLink puts it back.
+func (tp *Topology) DeleteClientLink() error {
+	l, err := tp.LB.nl.LinkByName(tp.LB.ClientLink.Name)
+	if err != nil {
+		return fmt.Errorf("netns %s: link %s: %w", tp.LB.Name, tp.LB.ClientLink.Name, err)
+	}
+	if err := tp.LB.nl.LinkDel(l); err != nil {
+		return fmt.Errorf("netns %s: delete %s: %w", tp.LB.Name, tp.LB.ClientLink.Name, err)
+	}
+	return nil
+}
+
+// RecreateClientLink re-creates the client↔LB veth as New built it: same
+// names, addresses, offloads and client default routes (the kernel gives
+// it new ifindexes and MACs, which it records in ClientLink and
+// Client.Link). It waits until both ends are operationally up.
+func (tp *Topology) RecreateClientLink(ctx context.Context) error {
+	cli, lb := tp.Client, tp.LB
+	if err := addVeth(cli.NS, cli.Link.Name, lb.NS, lb.ClientLink.Name); err != nil {
+		return err
+	}
+	if err := configureIface(cli.NS, &cli.Link, cli.Addrs4); err != nil {
+		return err
+	}
+	if err := configureIface(lb.NS, &lb.ClientLink, nil); err != nil {
+		return err
+	}
+	if err := defaultVia(cli.NS, lb.ClientLink); err != nil {
+		return err
+	}
+	// The same offloads as build: GRO on both ends, TX checksum off on the
+	// client (veth fact 3).
+	args := []string{"-K", cli.Link.Name, "gro", "on"}
+	if !tp.opts.KeepTxChecksum {
+		args = append(args, "tx", "off")
+	}
+	if _, err := cli.Run(ctx, "ethtool", args...); err != nil {
+		return err
+	}
+	if _, err := lb.Run(ctx, "ethtool", "-K", lb.ClientLink.Name, "gro", "on"); err != nil {
+		return err
+	}
+	return Until(ctx, func() error {
+		for _, e := range []struct {
+			ns   *NS
+			name string
+		}{{cli.NS, cli.Link.Name}, {lb.NS, lb.ClientLink.Name}} {
+			l, err := e.ns.nl.LinkByName(e.name)
+			if err != nil {
+				return fmt.Errorf("netns %s: link %s: %w", e.ns.Name, e.name, err)
+			}
+			if st := l.Attrs().OperState; st != netlink.OperUp {
+				return fmt.Errorf("netns %s: link %s is %s, want up", e.ns.Name, e.name, st)
+			}
+		}
+		return nil
+	})
+}
