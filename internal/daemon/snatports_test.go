@@ -50,7 +50,7 @@ func TestReserveSNATPorts(t *testing.T) {
 		{"default range, reserved", "32768\t60999", "10000-29999", true, "", "8080,10000-29999"},
 		{"overlap, reserved", "32768\t60999", "40000-40999", true, "", "8080,40000-40999"},
 		{"no overlap, cannot reserve: warn only", "32768\t60999", "10000-29999", false, "", ""},
-		{"overlap, cannot reserve: refuse", "32768\t60999", "32768-60999", false, "overlaps the ephemeral port range 32768-60999", ""},
+		{"overlap, cannot reserve: refuse", "32768\t60999", "30000-40000", false, "--snat-port-range 30000-40000 overlaps the ephemeral port range 32768-60999", ""},
 		{"widened ephemeral range, cannot reserve: refuse", "1024\t65535", "10000-29999", false, "--snat-port-range 10000-29999 overlaps the ephemeral port range 1024-65535", ""},
 		{"covers the ephemeral range: refuse", "32768\t60999", "20000-65535", true, "leave the host no source ports", ""},
 	} {

@@ -31,7 +31,9 @@ func TestSNATPortsVsHostConnections(t *testing.T) {
 	e.start()
 
 	const name = "snatports"
-	probe := &api.Probe{Type: "tcp", Port: httpPort}
+	// The shortest interval, so that the probe runs often during the load
+	// (its connections are host connections too).
+	probe := &api.Probe{Type: "tcp", Port: httpPort, IntervalMillis: api.MinProbeIntervalMs, TimeoutMillis: api.MinProbeIntervalMs}
 	svc := healthService(name, netns.VIP4(0), vipHTTP, "tcp", httpPort, probe, b0)
 	svc.Spec.NATMode = "onearm"
 	healthPut(t, e, svc)
@@ -152,6 +154,9 @@ func TestSNATPortsVsHostConnections(t *testing.T) {
 	failures := healthMustMetric(t, e, "xlb_backend_probe_failures_total", probeLabels) - failuresBefore
 	downs := healthMustMetric(t, e, "xlb_backend_health_transitions_total", map[string]string{"service": name, "state": "down"})
 	t.Logf("probes of b0 during the load: %v, failed: %v, down transitions: %v", probes, failures, downs)
+	if probes < 5 {
+		t.Errorf("only %v probes of b0 ran during the load, want >= 5", probes)
+	}
 	if downs != 0 {
 		t.Errorf("the probe marked the healthy backend down %v times", downs)
 	}
