@@ -159,6 +159,15 @@ type Status struct {
 	Services          int               `json:"services"`
 	ConntrackEntries  int               `json:"conntrackEntries"`
 	ConntrackCapacity int               `json:"conntrackCapacity"`
+	// SNATPortRange is xlbd's --snat-port-range ("MIN-MAX").
+	SNATPortRange string `json:"snatPortRange,omitempty"`
+	// EphemeralPortRange is the host's net.ipv4.ip_local_port_range as
+	// xlbd's network namespace sees it now ("MIN-MAX").
+	EphemeralPortRange string `json:"ephemeralPortRange,omitempty"`
+	// SNATPortsReserved: the whole SNAT port range is in
+	// net.ipv4.ip_local_reserved_ports now, so the host never picks those
+	// ports for its own connections.
+	SNATPortsReserved bool `json:"snatPortsReserved"`
 }
 
 // InterfaceStatus is the attach state of one interface.

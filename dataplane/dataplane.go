@@ -72,14 +72,18 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultConntrackFlows       = 1_000_000
-	DefaultMaxServices          = 16384
-	DefaultMaxBackends          = 65536
-	DefaultTCPIdleTimeout       = 240 * time.Second
-	DefaultUDPIdleTimeout       = 60 * time.Second
-	DefaultAffinityTimeout      = 10800 * time.Second
-	DefaultSNATPortMin          = 32768
-	DefaultSNATPortMax          = 60999
+	DefaultConntrackFlows  = 1_000_000
+	DefaultMaxServices     = 16384
+	DefaultMaxBackends     = 65536
+	DefaultTCPIdleTimeout  = 240 * time.Second
+	DefaultUDPIdleTimeout  = 60 * time.Second
+	DefaultAffinityTimeout = 10800 * time.Second
+	// The SNAT port range: outside Linux's default ephemeral range
+	// (32768-60999) and the Kubernetes NodePort range (30000-32767), so that
+	// the host's own connections do not collide with SNAT ports (see
+	// docs/datapath.md). xlbd makes it configurable and reserves it.
+	DefaultSNATPortMin          = 10000
+	DefaultSNATPortMax          = 29999
 	DefaultTCPClosingTimeout    = 10 * time.Second
 	defaultActiveRecomputeEvery = time.Minute
 )

@@ -145,7 +145,7 @@ func TestApplyIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	if info.Algo != algoCodeRR || info.NatMode != natCodeFullNAT || info.IdleTimeoutS != 60 || info.AffinityTimeoutS != 10800 ||
-		info.SnatPortMin != 32768 || info.SnatPortMax != 60999 || info.Flags&svcFlagAllowList == 0 || info.SelLen != 4 {
+		info.SnatPortMin != DefaultSNATPortMin || info.SnatPortMax != DefaultSNATPortMax || info.Flags&svcFlagAllowList == 0 || info.SelLen != 4 {
 		t.Errorf("dns svc_info = %+v", info)
 	}
 	table, err := d.readTable(info.Id, info.SelLen)

@@ -60,7 +60,10 @@ type Service struct {
 	// SNATAddr is the source address for NATFullNAT (same family as VIP).
 	SNATAddr netip.Addr
 	// SNATPortMin/Max bound the source ports used by fullnat/onearm
-	// (0 means the default 32768–60999).
+	// (0 means DefaultSNATPortMin–DefaultSNATPortMax, 10000–29999). Keep
+	// the range out of the host's ephemeral ports (ip_local_port_range), or
+	// reserve it in ip_local_reserved_ports: a reply to the host's own
+	// connection from a port in the range may be taken for a flow's reply.
 	SNATPortMin, SNATPortMax uint16
 	// IdleTimeout is the conntrack idle lifetime (0 means the default: 240s
 	// for TCP, 60s for UDP).

@@ -74,7 +74,7 @@ func normalize(s Service) (Service, error) {
 		s.SNATPortMin, s.SNATPortMax = DefaultSNATPortMin, DefaultSNATPortMax
 	}
 	if s.SNATPortMin < 1024 || s.SNATPortMax < s.SNATPortMin {
-		return s, bad("snatPortRange", fmt.Sprintf("%d-%d", s.SNATPortMin, s.SNATPortMax), "1024 ≤ min ≤ max ≤ 65535 (or both 0 for 32768-60999)")
+		return s, bad("snatPortRange", fmt.Sprintf("%d-%d", s.SNATPortMin, s.SNATPortMax), fmt.Sprintf("1024 ≤ min ≤ max ≤ 65535 (or both 0 for %d-%d)", DefaultSNATPortMin, DefaultSNATPortMax))
 	}
 	if s.IdleTimeout == 0 {
 		s.IdleTimeout = DefaultTCPIdleTimeout

@@ -79,6 +79,7 @@ func seededFake(t *testing.T) (*lbclienttest.Fake, map[string]string) {
 	fake.SetStatus(api.Status{
 		Version: "v0.1.0", BootID: "3f1e9c2a-8d4b-4e0f-9a51-0c6d2b7e8f10", Generation: 42, Hook: "tcx",
 		ConntrackEntries: 120, ConntrackCapacity: 65536,
+		SNATPortRange: "10000-29999", EphemeralPortRange: "32768-60999", SNATPortsReserved: true,
 		Interfaces: []api.InterfaceStatus{{Name: "eth0", Attached: true, Mode: "tcx"}, {Name: "eth1", Error: "link not found"}},
 	})
 	fake.SetFlows([]api.Flow{

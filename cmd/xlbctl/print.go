@@ -305,6 +305,18 @@ func printStatus(w io.Writer, st api.Status) error {
 			100*float64(st.ConntrackEntries)/float64(st.ConntrackCapacity))
 	}
 	kv("Conntrack", ct)
+	if st.SNATPortRange != "" {
+		snat := st.SNATPortRange
+		if st.SNATPortsReserved {
+			snat += " (reserved)"
+		} else {
+			snat += " (not reserved)"
+		}
+		if st.EphemeralPortRange != "" {
+			snat += ", host ephemeral ports " + st.EphemeralPortRange
+		}
+		kv("SNAT ports", snat)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

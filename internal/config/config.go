@@ -18,6 +18,9 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/xlb-dev/xlb/dataplane"
+	"github.com/xlb-dev/xlb/internal/localports"
 )
 
 // Config is the complete xlbd configuration. The json tags are the YAML keys.
@@ -35,10 +38,14 @@ type Config struct {
 	BPFFSPath      string   `json:"bpffsPath"`
 	ConntrackFlows int      `json:"conntrackFlows"`
 	SNATAddresses  []string `json:"snatAddresses"`
-	LogLevel       string   `json:"logLevel"`
-	LogFormat      string   `json:"logFormat"`
-	DetachOnExit   bool     `json:"detachOnExit"`
-	PlumbVIPs      bool     `json:"plumbVIPs"`
+	// SNATPortRange is "MIN-MAX": the source ports of fullnat and onearm
+	// flows. xlbd reserves it in net.ipv4.ip_local_reserved_ports (see
+	// docs/xlbd.md) so that the host's own connections never use them.
+	SNATPortRange string `json:"snatPortRange"`
+	LogLevel      string `json:"logLevel"`
+	LogFormat     string `json:"logFormat"`
+	DetachOnExit  bool   `json:"detachOnExit"`
+	PlumbVIPs     bool   `json:"plumbVIPs"`
 	// MaglevSeed and MaglevMinTableSize must be equal on every load
 	// balancer that serves the same VIPs (ECMP): then every node maps a
 	// flow to the same backend.
@@ -54,6 +61,7 @@ func Defaults() Config {
 		Hook:           "tcx",
 		BPFFSPath:      "/sys/fs/bpf/xlb",
 		ConntrackFlows: 1_000_000,
+		SNATPortRange:  DefaultSNATPorts().String(),
 		LogLevel:       "info",
 		LogFormat:      "text",
 	}
@@ -97,6 +105,7 @@ func bind(fs *flag.FlagSet, c *Config, configFile *string) {
 	fs.StringVar(&c.BPFFSPath, "bpffs-path", c.BPFFSPath, "bpffs directory where maps and links are pinned")
 	fs.IntVar(&c.ConntrackFlows, "conntrack-flows", c.ConntrackFlows, "number of tracked flows (two conntrack entries each)")
 	fs.Var(listFlag{&c.SNATAddresses}, "snat-addresses", "comma-separated default SNAT addresses for fullnat services (at most one per family)")
+	fs.StringVar(&c.SNATPortRange, "snat-port-range", c.SNATPortRange, "MIN-MAX source ports for fullnat/onearm flows; reserved in net.ipv4.ip_local_reserved_ports and must not overlap the ephemeral range unless that reservation succeeds")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.BoolVar(&c.DetachOnExit, "detach-on-exit", c.DetachOnExit, "detach the datapath and remove its pins on exit (default: keep forwarding)")
@@ -201,6 +210,9 @@ func (c *Config) Validate() error {
 	if _, err := c.DefaultSNAT(); err != nil {
 		return err
 	}
+	if _, err := c.SNATPorts(); err != nil {
+		return err
+	}
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		return err
 	}
@@ -251,6 +263,30 @@ func (c *Config) DefaultSNAT() ([]netip.Addr, error) {
 		out = append(out, a)
 	}
 	return out, nil
+}
+
+// MinSNATPort is the lowest allowed --snat-port-range port: below it are
+// the well-known ports of services the host itself may run.
+const MinSNATPort = 1024
+
+// DefaultSNATPorts is the default --snat-port-range: below the kernel's
+// default ephemeral range (32768-60999) and the Kubernetes NodePort range
+// (30000-32767); see docs/xlbd.md for why 20,000 ports are enough.
+func DefaultSNATPorts() localports.Range {
+	return localports.Range{Min: dataplane.DefaultSNATPortMin, Max: dataplane.DefaultSNATPortMax}
+}
+
+// SNATPorts parses --snat-port-range.
+func (c *Config) SNATPorts() (localports.Range, error) {
+	r, err := localports.ParseRange(c.SNATPortRange)
+	if err == nil && r.Min < MinSNATPort {
+		err = fmt.Errorf("MIN %d is below %d", r.Min, MinSNATPort)
+	}
+	if err != nil || !strings.Contains(c.SNATPortRange, "-") {
+		return localports.Range{}, fmt.Errorf("--snat-port-range %q: want MIN-MAX with %d ≤ MIN ≤ MAX ≤ 65535, outside net.ipv4.ip_local_port_range (default %s)",
+			c.SNATPortRange, MinSNATPort, DefaultSNATPorts())
+	}
+	return r, nil
 }
 
 // ParseLogLevel maps --log-level to a slog level.

@@ -133,3 +133,34 @@ func TestPlumbVIPs(t *testing.T) {
 		t.Fatalf("--plumb-vips=false must override the file: %+v %v", c, err)
 	}
 }
+
+func TestSNATPortRange(t *testing.T) {
+	c, err := Parse([]string{"--interfaces", "eth0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.SNATPorts(); err != nil || r.Min != 10000 || r.Max != 29999 {
+		t.Fatalf("default --snat-port-range = %v, %v; want 10000-29999", r, err)
+	}
+	p := writeFile(t, "interfaces: [eth0]\nsnatPortRange: 20000-20999\n")
+	c, err = Parse([]string{"--config", p}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := c.SNATPorts(); r.Min != 20000 || r.Max != 20999 {
+		t.Fatalf("file snatPortRange = %v", r)
+	}
+	c, err = Parse([]string{"--config", p, "--snat-port-range", "1024-65535"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := c.SNATPorts(); r.Min != 1024 || r.Max != 65535 {
+		t.Fatalf("flag did not override the file: %v", r)
+	}
+	for _, bad := range []string{"", "20000", "x-y", "30000-20000", "80-1000", "1023-2000", "10000-65536", "10000-20000-30000"} {
+		_, err := Parse([]string{"--interfaces=e", "--snat-port-range=" + bad}, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--snat-port-range") || !strings.Contains(err.Error(), "1024 ≤ MIN ≤ MAX ≤ 65535") {
+			t.Errorf("--snat-port-range=%q: error %v, want one naming the flag and the allowed values", bad, err)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/xlb-dev/xlb/dataplane"
 	"github.com/xlb-dev/xlb/internal/apiserver"
 	"github.com/xlb-dev/xlb/internal/config"
+	"github.com/xlb-dev/xlb/internal/localports"
 	"github.com/xlb-dev/xlb/internal/state"
 )
 
@@ -34,6 +35,10 @@ type OpenDataplaneFunc func(ctx context.Context, cfg config.Config, log *slog.Lo
 // OpenEBPF opens the real eBPF datapath.
 func OpenEBPF(ctx context.Context, cfg config.Config, log *slog.Logger) (ManagedDataplane, error) {
 	if err := ensureBPFFS(cfg.BPFFSPath, log); err != nil {
+		return nil, err
+	}
+	// Before any SNAT flow exists: reserve the SNAT ports (or refuse).
+	if err := ReserveSNATPorts(localports.ProcDir, cfg, log); err != nil {
 		return nil, err
 	}
 	dp, err := dataplane.New(ctx, dataplane.Config{
@@ -102,6 +107,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 		return nil, err
 	}
 	defaultSNAT, _ := cfg.DefaultSNAT() // validated above
+	snatPorts, _ := cfg.SNATPorts()     // validated above
 
 	var token []byte
 	if cfg.APITokenFile != "" {
@@ -154,7 +160,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}()
 	mgr := NewManager(ManagerConfig{
 		Dataplane: dp, Store: store, Logger: log.With("component", "manager"),
-		DefaultSNAT: defaultSNAT, Health: opts.Health, Hook: cfg.Hook, Version: opts.Version,
+		DefaultSNAT: defaultSNAT, SNATPorts: snatPorts, PortSysctlDir: localports.ProcDir, Health: opts.Health, Hook: cfg.Hook, Version: opts.Version,
 		Announce: ann.Announce,
 	})
 	if err := mgr.Restore(ctx); err != nil {

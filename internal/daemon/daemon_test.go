@@ -26,6 +26,7 @@ import (
 	"github.com/xlb-dev/xlb/dataplane"
 	"github.com/xlb-dev/xlb/internal/config"
 	"github.com/xlb-dev/xlb/internal/daemon/fakedp"
+	"github.com/xlb-dev/xlb/internal/localports"
 	"github.com/xlb-dev/xlb/internal/state"
 )
 
@@ -42,7 +43,7 @@ func TestExpand(t *testing.T) {
 	health := healthFunc(func(svc string, ap netip.AddrPort) (dataplane.BackendState, bool) {
 		return dataplane.BackendDown, svc == "web" && ap.String() == "10.0.0.2:8443"
 	})
-	out := expand(api.DefaultService(in), []netip.Addr{netip.MustParseAddr("192.0.2.254"), netip.MustParseAddr("2001:db8::254")}, health)
+	out := expand(api.DefaultService(in), []netip.Addr{netip.MustParseAddr("192.0.2.254"), netip.MustParseAddr("2001:db8::254")}, localports.Range{}, health)
 	if len(out) != 2 {
 		t.Fatalf("want one datapath service per VIP, got %d", len(out))
 	}

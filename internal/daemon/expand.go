@@ -7,6 +7,7 @@ import (
 
 	"github.com/xlb-dev/xlb/api"
 	"github.com/xlb-dev/xlb/dataplane"
+	"github.com/xlb-dev/xlb/internal/localports"
 )
 
 // BackendHealth is the seam for active health checks: it tells the
@@ -44,8 +45,9 @@ var (
 // expand turns one defaulted, valid api.Service into one datapath service
 // per VIP. Each VIP gets the backends, SNAT address and source ranges of
 // its own family; a VIP with no backend of its family is kept (its packets
-// are dropped with reason no_backend).
-func expand(s api.Service, defaultSNAT []netip.Addr, health BackendHealth) []dataplane.Service {
+// are dropped with reason no_backend). Every VIP gets the daemon's SNAT port
+// range (--snat-port-range; zero: the datapath's default).
+func expand(s api.Service, defaultSNAT []netip.Addr, snatPorts localports.Range, health BackendHealth) []dataplane.Service {
 	out := make([]dataplane.Service, 0, len(s.Spec.VIPs))
 	var ranges []netip.Prefix
 	for _, r := range s.Spec.SourceRanges {
@@ -68,6 +70,8 @@ func expand(s api.Service, defaultSNAT []netip.Addr, health BackendHealth) []dat
 			Algorithm:       dataplane.Algorithm(s.Spec.Algorithm),
 			IdleTimeout:     time.Duration(s.Spec.IdleTimeoutSeconds) * time.Second,
 			AffinityTimeout: time.Duration(s.Spec.AffinityTimeoutSeconds) * time.Second,
+			SNATPortMin:     snatPorts.Min,
+			SNATPortMax:     snatPorts.Max,
 		}
 		if d.NATMode == dataplane.NATFullNAT {
 			d.SNATAddr = pickFamily(s.Spec.SNATAddresses, defaultSNAT, is4)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/xlb-dev/xlb/api"
 	"github.com/xlb-dev/xlb/dataplane"
+	"github.com/xlb-dev/xlb/internal/localports"
 	"github.com/xlb-dev/xlb/internal/state"
 )
 
@@ -44,6 +45,11 @@ type ManagerConfig struct {
 	Logger    *slog.Logger
 	// DefaultSNAT are --snat-addresses.
 	DefaultSNAT []netip.Addr
+	// SNATPorts is --snat-port-range (zero: the datapath's default).
+	SNATPorts localports.Range
+	// PortSysctlDir is where the status reads the host's local port
+	// sysctls (localports.ProcDir; empty: not reported).
+	PortSysctlDir string
 	// Health is the probe seam (nil: every backend counts as healthy).
 	Health  BackendHealth
 	Hook    string
@@ -172,7 +178,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 func (m *Manager) expandAll(set map[string]api.Service) []dataplane.Service {
 	out := make([]dataplane.Service, 0, len(set)*2)
 	for _, name := range sortedNames(set) {
-		out = append(out, expand(set[name], m.cfg.DefaultSNAT, m.cfg.Health)...)
+		out = append(out, expand(set[name], m.cfg.DefaultSNAT, m.cfg.SNATPorts, m.cfg.Health)...)
 	}
 	return out
 }
@@ -639,6 +645,18 @@ func (m *Manager) Status(ctx context.Context) api.Status {
 		Interfaces: []api.InterfaceStatus{},
 	}
 	m.mu.RUnlock()
+	if m.cfg.SNATPorts != (localports.Range{}) {
+		st.SNATPortRange = m.cfg.SNATPorts.String()
+	}
+	if m.cfg.PortSysctlDir != "" {
+		// Read live: someone may have edited the sysctls since the start.
+		if eph, err := localports.ReadEphemeral(m.cfg.PortSysctlDir); err == nil {
+			st.EphemeralPortRange = eph.String()
+		}
+		if res, err := localports.ReadReserved(m.cfg.PortSysctlDir); err == nil && st.SNATPortRange != "" {
+			st.SNATPortsReserved = localports.Covered(res, m.cfg.SNATPorts)
+		}
+	}
 	for _, a := range m.cfg.Dataplane.Interfaces() {
 		st.Interfaces = append(st.Interfaces, api.InterfaceStatus{Name: a.Name, Attached: a.Attached, Mode: a.Mode, Error: a.Error,
 			Ifindex: a.Ifindex, Reattaches: a.Reattaches})
