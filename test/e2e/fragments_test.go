@@ -23,7 +23,9 @@ const (
 )
 
 // udpEcho is a UDP server in a backend that answers every datagram with
-// its own bytes and remembers what it received.
+// its own bytes and remembers what it received; a datagram "big:S..."
+// is answered with bigReply(S) instead, so the reply direction can be
+// fragmented alone.
 type udpEcho struct {
 	mu   sync.Mutex
 	seen map[string]bool
@@ -54,7 +56,11 @@ func serveUDPEcho(t *testing.T, h *netns.Host, port uint16) *udpEcho {
 			u.mu.Lock()
 			u.seen[string(buf[:n])] = true
 			u.mu.Unlock()
-			_, _ = pc.WriteTo(buf[:n], peer)
+			reply := buf[:n]
+			if n >= 5 && string(buf[:4]) == "big:" {
+				reply = bigReply(buf[4])
+			}
+			_, _ = pc.WriteTo(reply, peer)
 		}
 	}()
 	t.Cleanup(func() {
@@ -107,6 +113,8 @@ func udpExchange(ctx context.Context, client *netns.Host, target netip.AddrPort,
 	}
 	return reply, from, nil
 }
+
+func bigReply(seed byte) []byte { return pattern(fragSize, seed^0x5a) }
 
 func pattern(n int, seed byte) []byte {
 	b := make([]byte, n)
@@ -165,11 +173,22 @@ func TestFragments(t *testing.T) {
 							t.Fatalf("200-byte request: reply differs (%d bytes)", len(got))
 						}
 
+						// A small request, a fragmented reply.
+						ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+						defer cancel()
+						got, from, err := udpExchange(ctx, e.topo.Client, target, append([]byte("big:"), seed, 0, 0, 0))
+						switch {
+						case err != nil:
+							t.Errorf("small request, %d-byte reply: %v", fragSize, err)
+						case !bytes.Equal(got, bigReply(seed)):
+							t.Errorf("small request, %d-byte reply: got %d bytes, differing", fragSize, len(got))
+						}
+
 						// Fragmented both ways.
 						req := pattern(fragSize, seed+0x80)
 						ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 						defer cancel()
-						got, from, err := udpExchange(ctx, e.topo.Client, target, req)
+						got, from, err = udpExchange(ctx, e.topo.Client, target, req)
 						if !echo.saw(req) {
 							t.Errorf("the backend never received the %d-byte request intact", fragSize)
 						}
