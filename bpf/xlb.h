@@ -176,6 +176,8 @@ struct global_counters {
 	__u64 rev_nat;     /* reply translations */
 	__u64 icmp_nat;    /* ICMP errors translated */
 	__u64 ct_created;  /* conntrack entries created */
+	__u64 frag_nat;    /* non-first fragments translated by the fragment table (bpf/lib/frag.h) */
+	__u64 frag_dropped; /* non-first fragments to a VIP whose first fragment was not seen: dropped */
 };
 
 /* config: ARRAY[1], written by Go at start and on change. */

@@ -177,6 +177,10 @@ type GlobalStats struct {
 	RX, Passed, Malformed, Fragments uint64
 	ForwardNAT, ReplyNAT, ICMPNAT    uint64
 	ConntrackCreated                 uint64
+	// FragmentNAT counts later fragments (no L4 header) translated like
+	// their datagram's first fragment; FragmentDropped the later fragments
+	// to a VIP whose first fragment was not seen (docs/datapath.md, Fragments).
+	FragmentNAT, FragmentDropped uint64
 }
 
 // ConntrackUsage is the fill level of the conntrack map. Each flow uses two
