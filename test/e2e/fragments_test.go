@@ -173,6 +173,14 @@ func TestFragments(t *testing.T) {
 							t.Fatalf("200-byte request: reply differs (%d bytes)", len(got))
 						}
 
+						// The hook sees the fragments themselves (tcx ingress runs
+						// before any reassembly; XDP before the stack): their
+						// translation is counted below.
+						g0, err := e.dp.GlobalStats(ctx)
+						if err != nil {
+							t.Fatal(err)
+						}
+
 						// A small request, a fragmented reply.
 						ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 						defer cancel()
@@ -200,6 +208,15 @@ func TestFragments(t *testing.T) {
 						}
 						if !bytes.Equal(got, req) {
 							t.Fatalf("%d-byte reply: %d bytes, differs from the request", fragSize, len(got))
+						}
+						// Two later fragments per 3,000-byte datagram at MTU 1500:
+						// one fragmented reply, then a fragmented request and reply.
+						g1, err := e.dp.GlobalStats(context.Background())
+						if err != nil {
+							t.Fatal(err)
+						}
+						if n := g1.FragmentNAT - g0.FragmentNAT; n < 6 {
+							t.Errorf("%d later fragments translated by xlb, want >= 6", n)
 						}
 					})
 				}
