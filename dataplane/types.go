@@ -98,6 +98,9 @@ const (
 	DropNoBackend DropReason = iota
 	DropSrcDenied
 	DropSNATExhausted
+	// DropFragment is no longer counted: fragments are tracked, and a later
+	// fragment whose first was not seen has no ports to find its service
+	// (GlobalStats.FragmentDropped counts those).
 	DropFragment
 	DropMalformed
 	DropNoIfAddr
