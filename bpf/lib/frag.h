@@ -34,7 +34,7 @@
  * fragment: Linux's own reassembly timeout (net.ipv4.ipfrag_time), after
  * which the receiver has given the datagram up anyway. A new first fragment
  * with the same key replaces the entry (IP id reuse). */
-#define XLB_FRAG_ENTRIES 65536
+#define XLB_FRAG_ENTRIES 65536 /* Go overrides it (dataplane.Config.FragmentEntries) */
 #define XLB_FRAG_TTL_NS (30 * NSEC_PER_SEC)
 
 struct frag_key {
