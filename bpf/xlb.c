@@ -4,7 +4,7 @@
  * points. Every stage lives in one header of lib/ (see bpf/README.md):
  *
  *   parse.h      Ethernet, IPv4/IPv6, TCP/UDP; malformed packets
- *   frag.h       fragments
+ *   frag.h       fragments: the later fragments follow the first one's translation
  *   conntrack.h  conntrack entries: liveness, refresh, FIN/RST, new flows
  *   select.h     backend selection and the allow-list
  *   nat.h        rewrite + incremental checksums
@@ -42,6 +42,9 @@ static __always_inline int apply_and_forward(struct xctx *x, struct pkt *p, cons
 		GINC(malformed);
 		return XV_DROP;
 	}
+	/* The fast path never sees fragments (x->fast is a constant). */
+	if (!x->fast && p->frag == XLB_PKT_FRAG_FIRST)
+		frag_record(p, e, nsrc, ndst);
 	return forward(x, p->t.family, p->t.proto, nsrc, ndst, p->l3len, cnow);
 }
 
@@ -99,8 +102,13 @@ static __always_inline int lb_body(struct xctx *x, struct pkt *p, bool ct_miss)
 	}
 
 	struct svc_info *s = svc_lookup(&p->t);
-	if (!s)
+	if (!s) {
+		/* A first fragment to a VIP that is no service of ours (the host's
+		 * own port on a plumbed VIP): its later fragments pass too. */
+		if (p->frag == XLB_PKT_FRAG_FIRST)
+			frag_record(p, NULL, NULL, NULL);
 		return not_ours();
+	}
 	return new_flow(x, container_of_pkt(p), s, now);
 }
 
@@ -133,6 +141,8 @@ static __always_inline int xlb_process(struct xctx *x, bool ct_miss)
 		return x->xdp ? lb_xdp(x->ctx, p, ct_miss) : lb_tc(x->ctx, p, ct_miss);
 	if (r == XV_ICMP)
 		return icmp_error(x, p, p->l4off);
+	if (r == XV_FRAG)
+		return x->xdp ? frag_xdp(x->ctx, p) : frag_tc(x->ctx, p);
 	return r;
 }
 

@@ -50,7 +50,8 @@
 #define XLB_DROP_NO_BACKEND     0 /* selection table empty / all backends unusable */
 #define XLB_DROP_SRC_DENIED     1 /* source not in the allow-list */
 #define XLB_DROP_SNAT_EXHAUSTED 2 /* no free SNAT port found */
-#define XLB_DROP_FRAGMENT       3 /* IP fragment addressed to a VIP */
+#define XLB_DROP_FRAGMENT       3 /* no longer counted: fragments are tracked (lib/frag.h), an untracked
+				   * later fragment has no ports to find its service (global frag_dropped) */
 #define XLB_DROP_MALFORMED      4 /* truncated / inconsistent headers to a VIP */
 #define XLB_DROP_NO_IFADDR      5 /* onearm: egress interface has no address */
 #define XLB_DROP_MAX            8
@@ -176,6 +177,8 @@ struct global_counters {
 	__u64 rev_nat;     /* reply translations */
 	__u64 icmp_nat;    /* ICMP errors translated */
 	__u64 ct_created;  /* conntrack entries created */
+	__u64 frag_nat;    /* non-first fragments translated by the fragment table (bpf/lib/frag.h) */
+	__u64 frag_dropped; /* non-first fragments to a VIP whose first fragment was not seen: dropped */
 };
 
 /* config: ARRAY[1], written by Go at start and on change. */

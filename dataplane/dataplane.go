@@ -59,6 +59,11 @@ type Config struct {
 	// of the services it applies to, and every node of a cluster must use
 	// the same value (like MaglevSeed).
 	MaglevMinTableSize uint32
+	// FragmentEntries is the capacity of the fragment table (default
+	// 65536): IP datagrams whose later fragments follow their translated
+	// first fragment, 160 bytes of kernel memory each (docs/datapath.md,
+	// Fragments).
+	FragmentEntries int
 	// TCPClosingTimeout is the conntrack lifetime after FIN/RST (default 10s).
 	TCPClosingTimeout time.Duration
 	// Logger receives operational messages (default slog.Default()).
@@ -73,6 +78,7 @@ type Config struct {
 // Defaults.
 const (
 	DefaultConntrackFlows  = 1_000_000
+	DefaultFragmentEntries = 65536
 	DefaultMaxServices     = 16384
 	DefaultMaxBackends     = 65536
 	DefaultTCPIdleTimeout  = 240 * time.Second
@@ -179,6 +185,7 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 		xlbMapSvcStats: cfg.MaxServices, xlbMapRrCursor: cfg.MaxServices,
 		xlbMapBackends: cfg.MaxBackends, xlbMapBackendStats: cfg.MaxBackends, xlbMapBackendActive: cfg.MaxBackends,
 		xlbMapConntrack: 2 * cfg.ConntrackFlows,
+		xlbMapXlbFrags:  cfg.FragmentEntries,
 	}
 	for name, n := range sizes {
 		ms, ok := spec.Maps[name]
@@ -269,6 +276,9 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.ConntrackFlows <= 0 {
 		cfg.ConntrackFlows = DefaultConntrackFlows
+	}
+	if cfg.FragmentEntries <= 0 {
+		cfg.FragmentEntries = DefaultFragmentEntries
 	}
 	if cfg.MaxServices <= 1 {
 		cfg.MaxServices = DefaultMaxServices

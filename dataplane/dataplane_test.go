@@ -535,3 +535,19 @@ func equalIDs(a, b map[string]uint32) bool {
 }
 
 var _ = time.Second
+
+// TestFragmentEntriesSizesTable: Config.FragmentEntries sizes the fragment
+// table (default DefaultFragmentEntries).
+func TestFragmentEntriesSizesTable(t *testing.T) {
+	requireRoot(t)
+	cfg := smallConfig()
+	d := newDP(t, cfg)
+	if got := d.objs.XlbFrags.MaxEntries(); got != DefaultFragmentEntries {
+		t.Errorf("default fragment table capacity %d, want %d", got, DefaultFragmentEntries)
+	}
+	cfg.FragmentEntries = 1000
+	d = newDP(t, cfg)
+	if got := d.objs.XlbFrags.MaxEntries(); got != 1000 {
+		t.Errorf("fragment table capacity %d, want 1000", got)
+	}
+}

@@ -390,6 +390,8 @@ func (h *harness) global() xlbGlobalCounters {
 		g.RevNat += c.RevNat
 		g.IcmpNat += c.IcmpNat
 		g.CtCreated += c.CtCreated
+		g.FragNat += c.FragNat
+		g.FragDropped += c.FragDropped
 	}
 	return g
 }

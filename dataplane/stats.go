@@ -86,6 +86,8 @@ func (d *Dataplane) GlobalStats(ctx context.Context) (GlobalStats, error) {
 		g.ReplyNAT += c.RevNat
 		g.ICMPNAT += c.IcmpNat
 		g.ConntrackCreated += c.CtCreated
+		g.FragmentNAT += c.FragNat
+		g.FragmentDropped += c.FragDropped
 	}
 	return g, ctx.Err()
 }
@@ -266,7 +268,7 @@ func (d *Dataplane) Memory(ctx context.Context) (MemoryCost, error) {
 		xlbMapBackendStats: m.BackendStats, xlbMapBackends: m.Backends, xlbMapConntrack: m.Conntrack,
 		xlbMapGlobalStats: m.GlobalStats, xlbMapIfAddrs: m.IfAddrs, xlbMapRrCursor: m.RrCursor,
 		xlbMapSelTables: m.SelTables, xlbMapServices: m.Services, xlbMapSvcStats: m.SvcStats,
-		xlbMapVips: m.Vips, xlbMapXlbConfig: m.XlbConfig,
+		xlbMapVips: m.Vips, xlbMapXlbConfig: m.XlbConfig, xlbMapXlbFrags: m.XlbFrags,
 	}
 	perEntry := func(name string) uint64 {
 		return mc.Maps[name] / uint64(max(1, named[name].MaxEntries()))

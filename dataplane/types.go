@@ -101,6 +101,9 @@ const (
 	DropNoBackend DropReason = iota
 	DropSrcDenied
 	DropSNATExhausted
+	// DropFragment is no longer counted: fragments are tracked, and a later
+	// fragment whose first was not seen has no ports to find its service
+	// (GlobalStats.FragmentDropped counts those).
 	DropFragment
 	DropMalformed
 	DropNoIfAddr
@@ -187,6 +190,10 @@ type GlobalStats struct {
 	RX, Passed, Malformed, Fragments uint64
 	ForwardNAT, ReplyNAT, ICMPNAT    uint64
 	ConntrackCreated                 uint64
+	// FragmentNAT counts later fragments (no L4 header) translated like
+	// their datagram's first fragment; FragmentDropped the later fragments
+	// to a VIP whose first fragment was not seen (docs/datapath.md, Fragments).
+	FragmentNAT, FragmentDropped uint64
 }
 
 // ConntrackUsage is the fill level of the conntrack map. Each flow uses two

@@ -80,15 +80,17 @@ type xlbCtKey struct {
 }
 
 type xlbGlobalCounters struct {
-	_         structs.HostLayout
-	Rx        uint64
-	Passed    uint64
-	Malformed uint64
-	Fragments uint64
-	FwdNat    uint64
-	RevNat    uint64
-	IcmpNat   uint64
-	CtCreated uint64
+	_           structs.HostLayout
+	Rx          uint64
+	Passed      uint64
+	Malformed   uint64
+	Fragments   uint64
+	FwdNat      uint64
+	RevNat      uint64
+	IcmpNat     uint64
+	CtCreated   uint64
+	FragNat     uint64
+	FragDropped uint64
 }
 
 type xlbIfAddr struct {
@@ -165,6 +167,7 @@ const (
 	xlbMapVips          = "vips"
 	xlbMapXlbConfig     = "xlb_config"
 	xlbMapXlbFibCache   = "xlb_fib_cache"
+	xlbMapXlbFrags      = "xlb_frags"
 	xlbMapXlbScratch    = "xlb_scratch"
 	xlbProgXlbFloor     = "xlb_floor"
 	xlbProgXlbTc        = "xlb_tc"
@@ -237,6 +240,7 @@ type xlbMapSpecs struct {
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 	XlbConfig     *ebpf.MapSpec `ebpf:"xlb_config"`
 	XlbFibCache   *ebpf.MapSpec `ebpf:"xlb_fib_cache"`
+	XlbFrags      *ebpf.MapSpec `ebpf:"xlb_frags"`
 	XlbScratch    *ebpf.MapSpec `ebpf:"xlb_scratch"`
 }
 
@@ -281,6 +285,7 @@ type xlbMaps struct {
 	Vips          *ebpf.Map `ebpf:"vips"`
 	XlbConfig     *ebpf.Map `ebpf:"xlb_config"`
 	XlbFibCache   *ebpf.Map `ebpf:"xlb_fib_cache"`
+	XlbFrags      *ebpf.Map `ebpf:"xlb_frags"`
 	XlbScratch    *ebpf.Map `ebpf:"xlb_scratch"`
 }
 
@@ -301,6 +306,7 @@ func (m *xlbMaps) Close() error {
 		m.Vips,
 		m.XlbConfig,
 		m.XlbFibCache,
+		m.XlbFrags,
 		m.XlbScratch,
 	)
 }

@@ -43,8 +43,13 @@ struct pkt {
 	__u32 ifindex;  /* ingress interface */
 	__u16 l3len;    /* IPv4 tot_len / IPv6 40 + payload length (fib MTU check) */
 	__u8 tcp_flags;
-	__u8 pad;
+	__u8 frag;      /* XLB_PKT_FRAG_*: not a fragment, first fragment, later fragment */
+	__be32 frag_id; /* IPv4 identification (16 bits, as read) / IPv6 fragment header id */
 };
+
+#define XLB_PKT_FRAG_NONE 0
+#define XLB_PKT_FRAG_FIRST 1 /* offset 0, more fragments: carries the L4 header */
+#define XLB_PKT_FRAG_LATER 2 /* offset != 0: no L4 header */
 
 /* Arguments of forwarding (lib/fib.h): the packet's new addresses. */
 struct fwd_args {

@@ -29,9 +29,8 @@ static __always_inline void svc_drop(__u32 svc_id, __u32 reason)
 		c->drops[reason]++;
 }
 
-static __always_inline void count_fwd(const struct ct_entry *e, __u32 len, bool new_flow)
+static __always_inline void count_fwd_ids(__u32 sid, __u32 bid, __u32 len, bool new_flow)
 {
-	__u32 sid = e->svc_id, bid = e->backend_id;
 	struct svc_counters *sc = bpf_map_lookup_elem(&svc_stats, &sid);
 	if (sc) {
 		sc->packets++;
@@ -46,6 +45,11 @@ static __always_inline void count_fwd(const struct ct_entry *e, __u32 len, bool 
 		if (new_flow)
 			bc->new_flows++;
 	}
+}
+
+static __always_inline void count_fwd(const struct ct_entry *e, __u32 len, bool new_flow)
+{
+	count_fwd_ids(e->svc_id, e->backend_id, len, new_flow);
 }
 
 #endif /* XLB_LIB_COUNTERS_H */

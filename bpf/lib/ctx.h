@@ -23,6 +23,7 @@ enum xv {
 	XV_ICMP = 5,     /* parser: ICMP/ICMPv6 at p->l4off, maybe an error to translate */
 	XV_SLOW = 6,     /* fast path: not handled, no side effect yet: run the full pipeline */
 	XV_NEW = 7,      /* fast path: conntrack miss and a service: the full pipeline, new flow */
+	XV_FRAG = 8,     /* parser: a fragment without L4 header (p: addresses, proto, frag_id) */
 };
 
 /*

@@ -11,24 +11,16 @@
 /* ---------- rewriting ---------- */
 
 /*
- * rewrite_l4 rewrites the addresses/ports of a TCP/UDP packet to
- * (nsrc:nsport -> ndst:ndport) and fixes the checksums:
- *  - IPv4 header checksum: incremental, by hand (same in TC and XDP);
- *  - L4 checksum: XDP by hand (RFC 1624); TC through bpf_l4_csum_replace,
- *    which knows the skb's ip_summed (CHECKSUM_PARTIAL on veth TX offload
- *    carries only the pseudo-header sum: address changes go in with
- *    BPF_F_PSEUDO_HDR, port changes must not touch it).
- *  - UDP: a zero checksum over IPv4 means "none" and stays zero; a result of
- *    zero is written as 0xffff (BPF_F_MARK_MANGLED_0 in TC).
+ * rewrite_l3 writes the new addresses (only those that change) and updates
+ * the IPv4 header checksum incrementally (IPv6 has none). *adiff gets the
+ * checksum difference of the addresses, for the L4 pseudo-header. Used alone
+ * for the later fragments of a datagram (lib/frag.h), which carry no L4 header.
  */
-static __always_inline int rewrite_l4(struct xctx *x, struct pkt *p, const __be32 *nsrc, __be16 nsport,
-				      const __be32 *ndst, __be16 ndport)
+static __always_inline int rewrite_l3(struct xctx *x, struct pkt *p, const __be32 *nsrc, const __be32 *ndst,
+				      __u64 *adiffp)
 {
-	bool v6 = p->t.family == XLB_AF_INET6;
-	bool udp = p->t.proto == IPPROTO_UDP_;
-	__u64 adiff = 0, pdiff = 0;
-
-	if (v6) {
+	__u64 adiff = 0;
+	if (p->t.family == XLB_AF_INET6) {
 		if (!addr_eq(p->t.src, nsrc)) {
 			adiff = csum_diff128(adiff, p->t.src, nsrc);
 			if (st(x, ETH_HLEN_ + 8, nsrc, 16))
@@ -59,6 +51,30 @@ static __always_inline int rewrite_l4(struct xctx *x, struct pkt *p, const __be3
 				return -1;
 		}
 	}
+	*adiffp = adiff;
+	return 0;
+}
+
+/*
+ * rewrite_l4 rewrites the addresses/ports of a TCP/UDP packet to
+ * (nsrc:nsport -> ndst:ndport) and fixes the checksums:
+ *  - IPv4 header checksum: incremental, by hand (same in TC and XDP);
+ *  - L4 checksum: XDP by hand (RFC 1624); TC through bpf_l4_csum_replace,
+ *    which knows the skb's ip_summed (CHECKSUM_PARTIAL on veth TX offload
+ *    carries only the pseudo-header sum: address changes go in with
+ *    BPF_F_PSEUDO_HDR, port changes must not touch it).
+ *  - UDP: a zero checksum over IPv4 means "none" and stays zero; a result of
+ *    zero is written as 0xffff (BPF_F_MARK_MANGLED_0 in TC).
+ */
+static __always_inline int rewrite_l4(struct xctx *x, struct pkt *p, const __be32 *nsrc, __be16 nsport,
+				      const __be32 *ndst, __be16 ndport)
+{
+	bool v6 = p->t.family == XLB_AF_INET6;
+	bool udp = p->t.proto == IPPROTO_UDP_;
+	__u64 adiff = 0, pdiff = 0;
+
+	if (rewrite_l3(x, p, nsrc, ndst, &adiff))
+		return -1;
 	if (p->t.sport != nsport) {
 		pdiff = csum_diff16(pdiff, p->t.sport, nsport);
 		if (st(x, p->l4off, &nsport, 2))

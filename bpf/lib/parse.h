@@ -7,7 +7,6 @@
 
 #include "ctx.h"
 #include "counters.h"
-#include "frag.h"
 
 
 /*
@@ -61,9 +60,12 @@ static __always_inline int malformed_l4(struct xctx *x, struct pkt *p)
 	return malformed(x, p, false);
 }
 
-/* TCP/UDP header at p->l4off, within l3end. */
+/* TCP/UDP header at p->l4off, within l3end. In a first fragment
+ * (p->frag == XLB_PKT_FRAG_FIRST) the datagram goes on past l3end: the whole
+ * header must be in this fragment, the UDP length may exceed it. */
 static __always_inline int parse_l4(struct xctx *x, struct pkt *p, __u32 l3end)
 {
+	bool first_frag = !x->fast && p->frag == XLB_PKT_FRAG_FIRST;
 	if (p->t.proto == IPPROTO_TCP_) {
 		struct tcp_hdr *th = ld_ptr(x, p->l4off, PARSE_BUF(x, p, h4.tcp), sizeof(*th));
 		if (!th)
@@ -82,11 +84,31 @@ static __always_inline int parse_l4(struct xctx *x, struct pkt *p, __u32 l3end)
 		p->t.sport = uh->sport;
 		p->t.dport = uh->dport;
 		__u32 ulen = bpf_ntohs(uh->len);
-		if (ulen < 8 || p->l4off + ulen > l3end)
+		if (ulen < 8 || p->l4off + (first_frag ? 8 : ulen) > l3end)
 			return PARSE_END(x, malformed(x, p, true));
 		p->csum_off = p->l4off + 6;
 	}
 	return XV_LB;
+}
+
+/*
+ * A fragment (slow path only; p->l4off is where the fragment's payload
+ * starts). The first fragment of a TCP/UDP datagram carries the L4 header:
+ * it is parsed and load balanced like an unfragmented packet of its flow
+ * (XV_LB), and the translation is remembered for the datagram's later
+ * fragments (lib/frag.h). Anything else (later fragments, first fragments of
+ * other protocols) is XV_FRAG: lib/frag.h follows the first fragment's
+ * translation, or judges it.
+ */
+static __always_inline int fragment(struct xctx *x, struct pkt *p, __u32 l3end, bool first)
+{
+	GINC(fragments);
+	if (first && (p->t.proto == IPPROTO_TCP_ || p->t.proto == IPPROTO_UDP_)) {
+		p->frag = XLB_PKT_FRAG_FIRST;
+		return parse_l4(x, p, l3end);
+	}
+	p->frag = XLB_PKT_FRAG_LATER;
+	return XV_FRAG;
 }
 
 static __always_inline int parse_v4(struct xctx *x, struct pkt *p)
@@ -117,8 +139,12 @@ static __always_inline int parse_v4(struct xctx *x, struct pkt *p)
 		return malformed(x, p, false);
 	}
 	__u16 frag = bpf_ntohs(ip->frag_off);
-	if (frag & (IP_MF_ | IP_OFFMASK_))
-		return PARSE_END(x, fragment(x, p, p->l4off, (frag & IP_OFFMASK_) == 0));
+	if (frag & (IP_MF_ | IP_OFFMASK_)) {
+		if (x->fast)
+			return XV_SLOW;
+		p->frag_id = (__be32)ip->id;
+		return fragment(x, p, ETH_HLEN_ + tot, (frag & IP_OFFMASK_) == 0);
+	}
 
 	switch (ip->proto) {
 	case IPPROTO_TCP_:
@@ -169,16 +195,21 @@ static __always_inline int parse_v6(struct xctx *x, struct pkt *p)
 	case IPV6_FRAGMENT_: {
 		if (x->fast)
 			return XV_SLOW;
-		/* Fragment header: next header, reserved, offset|flags. */
+		/* Fragment header: next header, reserved, offset|flags, id. */
 		struct {
 			__u8 nh;
 			__u8 res;
 			__be16 off;
+			__be32 id;
 		} fh;
 		if (ld(x, off, &fh, sizeof(fh)))
 			return malformed(x, p, false);
 		p->t.proto = fh.nh;
-		return fragment(x, p, off + 8, (bpf_ntohs(fh.off) & 0xfff8) == 0);
+		p->frag_id = fh.id;
+		p->l4off = off + 8;
+		if (p->l4off > l3end)
+			return malformed(x, p, false);
+		return fragment(x, p, l3end, (bpf_ntohs(fh.off) & 0xfff8) == 0);
 	}
 	case IPPROTO_TCP_:
 	case IPPROTO_UDP_:
