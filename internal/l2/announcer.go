@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -104,8 +105,8 @@ type InterfaceState struct {
 	Ifindex int // 0 while the interface is missing
 	VIPs    int
 	Error   string
-	// Reopens counts socket re-opens after the first open (the interface
-	// was re-created or came back up).
+	// Reopens counts how often the sockets were re-opened after the
+	// interface changed (re-created or came back up).
 	Reopens uint64
 }
 
@@ -162,8 +163,8 @@ type responder struct {
 	ndpc *ndp.Conn      // nil when not open (no IPv6 VIP, or no link-local address)
 	err  error          // why some owned VIP is not served (nil: all are)
 
-	opened  bool   // sockets were open once (later opens are re-opens)
-	reopens uint64 // re-opens after the first
+	closed  bool   // sockets were closed for a change: the next open is a re-open
+	reopens uint64 // re-opens (interface re-created or back up)
 
 	mu   sync.Mutex
 	vips map[netip.Addr]bool // the owned VIPs (served or not)
@@ -196,6 +197,7 @@ func (r *responder) reconcile() {
 			why = fmt.Sprintf("ifindex %d -> %d, MAC %s -> %s", r.ifi.Index, ifi.Index, r.ifi.HardwareAddr, ifi.HardwareAddr)
 		}
 		r.log.Warn("l2: interface changed; closing its sockets", "reason", why)
+		r.closed = r.closed || r.arpc != nil || r.ndpc != nil
 		r.closeSockets()
 		r.ifi = nil
 	}
@@ -251,10 +253,10 @@ func (r *responder) announceAll(vips []netip.Addr) []error {
 }
 
 func (r *responder) noteOpen() {
-	if r.opened {
+	if r.closed {
 		r.reopens++
+		r.closed = false
 	}
-	r.opened = true
 }
 
 // openARP opens the ARP socket (the interface needs an IPv4 address of
@@ -272,7 +274,13 @@ func (r *responder) openARP() error {
 }
 
 func (r *responder) openNDP() error {
-	c, _, err := ndp.Listen(r.ifi, ndp.LinkLocal)
+	// The zone of the link-local address is given as the ifindex, not the
+	// name: Go caches zone name → index for up to a minute, so after the
+	// interface was re-created the name would still bind the old, dead
+	// ifindex ("no such device"). ndp uses the name only as that zone.
+	ifi := *r.ifi
+	ifi.Name = strconv.Itoa(ifi.Index)
+	c, _, err := ndp.Listen(&ifi, ndp.LinkLocal)
 	if err != nil {
 		return fmt.Errorf("open NDP socket (the interface needs an IPv6 link-local address): %w", err)
 	}

@@ -180,7 +180,9 @@ func TestXlbdL2InterfaceChurn(t *testing.T) {
 	uplink := e.topo.LB.ClientLink.Name
 	svc := httpService("l2web", vip, 80, httpPort, e.topo.Backends, nil, nil)
 	svc.Spec.L2 = &api.ServiceL2{Interface: uplink}
-	e.apply("l2web", []api.Service{svc})
+	if _, _, err := e.client.PutService(context.Background(), svc); err != nil {
+		t.Fatal(err)
+	}
 	target := netip.AddrPortFrom(vip, 80)
 	waitBalanced(t, e.topo, target, 8, "b0", "b1")
 	labels := map[string]string{"interface": uplink}
