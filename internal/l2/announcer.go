@@ -435,10 +435,11 @@ func (r *responder) pauseAfter(err error) {
 	}
 }
 
-// closeSockets stops the serve goroutines and closes the sockets.
+// closeSockets stops the serve goroutines and closes the sockets. The
+// sockets are closed before the wait so that a blocked read returns at
+// once rather than at its deadline (this runs on the link watcher).
 func (r *responder) closeSockets() {
 	close(r.done)
-	r.wg.Wait()
 	if r.arpc != nil {
 		_ = r.arpc.Close()
 		r.arpc = nil
@@ -447,6 +448,7 @@ func (r *responder) closeSockets() {
 		_ = r.ndpc.Close()
 		r.ndpc = nil
 	}
+	r.wg.Wait()
 	r.done = make(chan struct{})
 }
 
