@@ -168,6 +168,26 @@ type Status struct {
 	// net.ipv4.ip_local_reserved_ports now, so the host never picks those
 	// ports for its own connections.
 	SNATPortsReserved bool `json:"snatPortsReserved"`
+	// L2 is the L2 announcement state of every interface that has VIPs
+	// to answer ARP/NDP for (spec.l2); absent when there are none.
+	L2 []L2Status `json:"l2,omitempty"`
+}
+
+// L2Status is the ARP/NDP responder state of one interface.
+type L2Status struct {
+	Name string `json:"name"`
+	// Ready: every VIP owned on the interface is answered on its current
+	// ifindex.
+	Ready bool `json:"ready"`
+	VIPs  int  `json:"vips"`
+	// Ifindex is the interface index the responder's sockets are bound
+	// to; absent while the interface is missing or down.
+	Ifindex int    `json:"ifindex,omitempty"`
+	Error   string `json:"error,omitempty"`
+	// Reopens counts socket re-opens since xlbd started (the interface
+	// was re-created or came back up); each is followed by a gratuitous
+	// ARP / unsolicited NA for the VIPs.
+	Reopens uint64 `json:"reopens,omitempty"`
 }
 
 // InterfaceStatus is the attach state of one interface.

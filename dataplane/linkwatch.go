@@ -121,7 +121,12 @@ func (d *Dataplane) reconcileOne(a *attachment) {
 //
 // The reconciles run on the calling goroutine, locked to its thread: BPF
 // link creation resolves the ifindex in the thread's network namespace.
-func (d *Dataplane) WatchLinks(ctx context.Context, resync time.Duration) error {
+//
+// followers are called, in order, after each reconcile (on the same
+// thread): other components that hold per-interface state (the L2
+// announcer's sockets, the --plumb-vips link) follow the same events
+// without a netlink subscription of their own.
+func (d *Dataplane) WatchLinks(ctx context.Context, resync time.Duration, followers ...func(context.Context)) error {
 	if resync <= 0 {
 		resync = DefaultLinkResync
 	}
@@ -173,6 +178,9 @@ func (d *Dataplane) WatchLinks(ctx context.Context, resync time.Duration) error 
 		}
 		if err := d.ReconcileLinks(ctx); err != nil && ctx.Err() == nil {
 			d.log.Warn("reconcile interfaces", "err", err)
+		}
+		for _, f := range followers {
+			f(ctx)
 		}
 	}
 }

@@ -81,6 +81,8 @@ func seededFake(t *testing.T) (*lbclienttest.Fake, map[string]string) {
 		ConntrackEntries: 120, ConntrackCapacity: 65536,
 		SNATPortRange: "10000-29999", EphemeralPortRange: "32768-60999", SNATPortsReserved: true,
 		Interfaces: []api.InterfaceStatus{{Name: "eth0", Attached: true, Mode: "tcx"}, {Name: "eth1", Error: "link not found"}},
+		L2: []api.L2Status{{Name: "eth0", Ready: true, VIPs: 2, Ifindex: 7, Reopens: 1},
+			{Name: "eth2", VIPs: 1, Error: "interface not found; waiting for it to appear"}},
 	})
 	fake.SetFlows([]api.Flow{
 		{Service: "web", Protocol: "tcp", Client: "198.51.100.7:40001", VIP: "192.0.2.10:80", Backend: "10.0.0.1:8080", AgeSeconds: 95.4, IdleSeconds: 1.2},

@@ -330,6 +330,19 @@ func printStatus(w io.Writer, st api.Status) error {
 		}
 		row(tw, i.Name, yesNo(i.Attached), orDash(i.Mode), idx, strconv.FormatUint(i.Reattaches, 10), orDash(i.Error))
 	}
+	if err := tw.Flush(); err != nil || len(st.L2) == 0 {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = newTable(w)
+	row(tw, "L2 INTERFACE", "READY", "VIPS", "IFINDEX", "REOPENS", "ERROR")
+	for _, l := range st.L2 {
+		idx := "-"
+		if l.Ifindex != 0 {
+			idx = strconv.Itoa(l.Ifindex)
+		}
+		row(tw, l.Name, yesNo(l.Ready), strconv.Itoa(l.VIPs), idx, strconv.FormatUint(l.Reopens, 10), orDash(l.Error))
+	}
 	return tw.Flush()
 }
 

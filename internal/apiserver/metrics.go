@@ -62,6 +62,8 @@ var (
 	descGeneration  = prometheus.NewDesc("xlb_desired_generation", "Generation of the desired state.", nil, nil)
 	descReady       = prometheus.NewDesc("xlb_ready", "1 when the daemon is ready (state restored, datapath programmed, interfaces attached).", nil, nil)
 	descAttached    = prometheus.NewDesc("xlb_interface_attached", "1 when the datapath is attached to the interface (checked against the kernel at each scrape); 0 while the interface is missing or the attach failed.", []string{"interface", "mode"}, nil)
+	descL2Ready     = prometheus.NewDesc("xlb_l2_interface_ready", "1 when every VIP owned on the interface is answered (ARP/NDP) on its current ifindex; 0 while the interface is missing, down, or lacks the address the responder sends from.", []string{"interface"}, nil)
+	descL2Reopens   = prometheus.NewDesc("xlb_l2_reopens_total", "Times the ARP/NDP responder re-opened its sockets on the interface since xlbd started (re-created or back up), each followed by a gratuitous ARP / unsolicited NA.", []string{"interface"}, nil)
 	descReattaches  = prometheus.NewDesc("xlb_interface_reattaches_total", "Times the datapath was re-attached to the interface since xlbd started (deleted and re-created, renamed, or came back).", []string{"interface"}, nil)
 )
 
@@ -72,7 +74,7 @@ type datapathCollector struct{ core Core }
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSvcPackets, descSvcBytes, descSvcNewFlows, descSvcDrops, descSvcFlows, descSvcBackends,
 		descBePackets, descBeBytes, descBeNewFlows, descBeActive, descBeState, descCTEntries, descCTCapacity, descServices,
-		descGeneration, descReady, descAttached, descReattaches} {
+		descGeneration, descReady, descAttached, descReattaches, descL2Ready, descL2Reopens} {
 		ch <- d
 	}
 }
@@ -95,6 +97,10 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, i := range st.Interfaces {
 		gauge(descAttached, boolFloat(i.Attached), i.Name, i.Mode)
 		counter(descReattaches, i.Reattaches, i.Name)
+	}
+	for _, l := range st.L2 {
+		gauge(descL2Ready, boolFloat(l.Ready), l.Name)
+		counter(descL2Reopens, l.Reopens, l.Name)
 	}
 	svcs, err := c.core.ListServices(ctx, nil)
 	if err != nil {

@@ -96,7 +96,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"Service": api.Service{}, "ServiceSpec": api.ServiceSpec{}, "Backend": api.Backend{}, "Probe": api.Probe{},
 		"ServiceBGP": api.ServiceBGP{}, "ServiceStatus": api.ServiceStatus{}, "BackendStatus": api.BackendStatus{},
 		"ServiceList": api.ServiceList{}, "BulkReplace": api.BulkReplace{}, "BulkResult": api.BulkResult{},
-		"Status": api.Status{}, "InterfaceStatus": api.InterfaceStatus{}, "Flow": api.Flow{}, "FlowList": api.FlowList{}, "Error": api.Error{},
+		"Status": api.Status{}, "InterfaceStatus": api.InterfaceStatus{}, "L2Status": api.L2Status{}, "Flow": api.Flow{}, "FlowList": api.FlowList{}, "Error": api.Error{},
 		"ServiceL2": api.ServiceL2{}, "BGPGlobal": api.BGPGlobal{}, "BGPPeer": api.BGPPeer{}, "BGPPeerList": api.BGPPeerList{},
 		"BGPPeerReplace": api.BGPPeerReplace{}, "BGPStatus": api.BGPStatus{}, "BGPPeerStatus": api.BGPPeerStatus{},
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/xlb-dev/xlb/api"
 	"github.com/xlb-dev/xlb/dataplane"
 	"github.com/xlb-dev/xlb/internal/bgp"
+	"github.com/xlb-dev/xlb/internal/l2"
 )
 
 // announcePlan is what the daemon tells the outside world about its VIPs,
@@ -170,12 +171,17 @@ func hasUsableBackend(s api.Service, is4 bool, health BackendHealth) bool {
 // L2Announcer answers ARP/NDP for VIPs (l2.Announcer).
 type L2Announcer interface {
 	Set(ctx context.Context, want map[string][]netip.Addr) error
+	// Reconcile follows interfaces that were re-created or came back up.
+	Reconcile(ctx context.Context)
+	Status() []l2.InterfaceState
 	Close()
 }
 
 // VIPPlumber puts VIPs on the host (vip.Plumber).
 type VIPPlumber interface {
 	Set(ctx context.Context, vips []netip.Addr) error
+	// Reconcile re-creates the link and re-adds the VIPs of the last Set.
+	Reconcile(ctx context.Context) error
 	Remove(ctx context.Context) error
 }
 
@@ -221,6 +227,33 @@ func (a *announcer) Announce(ctx context.Context, services []api.Service) {
 		a.log.Info("announcements", "bgp", len(p.BGP), "l2Interfaces", len(p.L2), "plumbedVIPs", len(p.VIPs))
 	}
 	a.last = p
+}
+
+// followLinks is called by the link watcher after every netlink link or
+// address event (and its periodic resync): the L2 responder re-opens its
+// sockets on a re-created interface and announces the VIPs there, and a
+// deleted --plumb-vips link is re-created with its VIPs.
+func (a *announcer) followLinks(ctx context.Context) {
+	if a.l2 != nil {
+		a.l2.Reconcile(ctx)
+	}
+	if a.plumber != nil {
+		if err := a.plumber.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("vip plumbing failed", "error", err)
+		}
+	}
+}
+
+// l2Status is the L2 part of /v1/status.
+func (a *announcer) l2Status() []api.L2Status {
+	if a.l2 == nil {
+		return nil
+	}
+	var out []api.L2Status
+	for _, s := range a.l2.Status() {
+		out = append(out, api.L2Status{Name: s.Name, Ready: s.Ready, VIPs: s.VIPs, Ifindex: s.Ifindex, Error: s.Error, Reopens: s.Reopens})
+	}
+	return out
 }
 
 // L2Owned is the number of VIPs answered per interface (for metrics).

@@ -161,7 +161,7 @@ func New(ctx context.Context, opts Options) (d *Daemon, err error) {
 	mgr := NewManager(ManagerConfig{
 		Dataplane: dp, Store: store, Logger: log.With("component", "manager"),
 		DefaultSNAT: defaultSNAT, SNATPorts: snatPorts, PortSysctlDir: localports.ProcDir, Health: opts.Health, Hook: cfg.Hook, Version: opts.Version,
-		Announce: ann.Announce,
+		Announce: ann.Announce, L2Status: ann.l2Status,
 	})
 	if err := mgr.Restore(ctx); err != nil {
 		return nil, err
@@ -206,9 +206,11 @@ type reaper interface {
 }
 
 // linkWatcher is implemented by the eBPF datapath: it follows netlink link
-// and address events and re-attaches interfaces that are re-created.
+// and address events and re-attaches interfaces that are re-created; the
+// followers (the L2 responder and the --plumb-vips link) are reconciled
+// after it on every event.
 type linkWatcher interface {
-	WatchLinks(ctx context.Context, resync time.Duration) error
+	WatchLinks(ctx context.Context, resync time.Duration, followers ...func(context.Context)) error
 }
 
 // ReapInterval is how often idle conntrack entries are collected.
@@ -241,8 +243,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() {
 		defer close(watchDone)
 		if w, ok := d.dp.(linkWatcher); ok {
-			if err := w.WatchLinks(bgCtx, 0); err != nil {
-				d.log.Error("interface watcher stopped; re-created interfaces will not be re-attached", "error", err)
+			if err := w.WatchLinks(bgCtx, 0, d.ann.followLinks); err != nil {
+				d.log.Error("interface watcher stopped; re-created interfaces will not be re-attached, re-announced or re-plumbed", "error", err)
 			}
 		}
 	}()

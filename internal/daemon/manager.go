@@ -58,6 +58,9 @@ type ManagerConfig struct {
 	// Reconcile and Restore (nil set while the datapath is not programmed),
 	// to announce the VIPs (see announcer). Nil: no announcements.
 	Announce func(ctx context.Context, services []api.Service)
+	// L2Status reports the ARP/NDP responder per interface for /v1/status
+	// (nil: none).
+	L2Status func() []api.L2Status
 }
 
 // mutationTimeout bounds one Apply + persist. A mutation runs detached from
@@ -660,6 +663,9 @@ func (m *Manager) Status(ctx context.Context) api.Status {
 	for _, a := range m.cfg.Dataplane.Interfaces() {
 		st.Interfaces = append(st.Interfaces, api.InterfaceStatus{Name: a.Name, Attached: a.Attached, Mode: a.Mode, Error: a.Error,
 			Ifindex: a.Ifindex, Reattaches: a.Reattaches})
+	}
+	if m.cfg.L2Status != nil {
+		st.L2 = m.cfg.L2Status()
 	}
 	if u, err := m.cfg.Dataplane.ConntrackUsage(ctx); err == nil {
 		st.ConntrackEntries, st.ConntrackCapacity = u.Entries, u.Capacity

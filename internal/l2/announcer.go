@@ -11,6 +11,7 @@
 package l2
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +31,11 @@ import (
 )
 
 // Announcer answers ARP/NDP for VIPs on interfaces. Safe for concurrent use.
+//
+// Interfaces are followed by name: Reconcile (called on every netlink link
+// or address event, see Follow) re-opens the sockets when the interface was
+// deleted and re-created (new ifindex) or came up again, and announces the
+// owned VIPs gratuitously on it, so that neighbours learn the (new) MAC.
 type Announcer struct {
 	log *slog.Logger
 
@@ -45,7 +53,10 @@ func New(log *slog.Logger) *Announcer {
 
 // Set makes the announced VIPs equal to want (interface name → VIPs).
 // Newly owned VIPs are announced gratuitously; VIPs no longer wanted stop
-// being answered (neighbors' caches age out).
+// being answered (neighbors' caches age out). A VIP whose interface is
+// missing, down or lacks the address family's own address stays wanted
+// (and is reported in the error and in Status); it is served and announced
+// as soon as Reconcile finds the interface usable.
 func (a *Announcer) Set(ctx context.Context, want map[string][]netip.Addr) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -62,12 +73,7 @@ func (a *Announcer) Set(ctx context.Context, want map[string][]netip.Addr) error
 		}
 		r, ok := a.ifaces[name]
 		if !ok {
-			var err error
-			r, err = newResponder(name, a.log)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("l2: interface %s: %w", name, err))
-				continue
-			}
+			r = newResponder(name, a.log)
 			a.ifaces[name] = r
 		}
 		if err := r.set(ctx, vips); err != nil {
@@ -75,6 +81,53 @@ func (a *Announcer) Set(ctx context.Context, want map[string][]netip.Addr) error
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Reconcile re-checks every interface against the kernel: sockets of an
+// interface that was deleted, replaced (same name, new ifindex) or went
+// down are closed, and sockets are (re)opened on the current ifindex of
+// an interface that is up, followed by a gratuitous ARP / unsolicited NA
+// for every owned VIP. Cheap when nothing changed; safe at any time.
+func (a *Announcer) Reconcile(context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, r := range a.ifaces {
+		r.reconcile()
+	}
+}
+
+// InterfaceState is the L2 readiness of one interface.
+type InterfaceState struct {
+	Name string
+	// Ready: every owned VIP is answered on the interface's current
+	// ifindex.
+	Ready   bool
+	Ifindex int // 0 while the interface is missing
+	VIPs    int
+	Error   string
+	// Reopens counts how often the sockets were re-opened after the
+	// interface changed (re-created or came back up).
+	Reopens uint64
+}
+
+// Status reports every interface with owned VIPs, sorted by name.
+func (a *Announcer) Status() []InterfaceState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]InterfaceState, 0, len(a.ifaces))
+	for name, r := range a.ifaces {
+		st := InterfaceState{Name: name, Reopens: r.reopens, VIPs: len(r.list())}
+		if r.ifi != nil {
+			st.Ifindex = r.ifi.Index
+		}
+		if r.err != nil {
+			st.Error = r.err.Error()
+		}
+		st.Ready = r.err == nil && r.ifi != nil
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(x, y InterfaceState) int { return strings.Compare(x.Name, y.Name) })
+	return out
 }
 
 // Owned returns the VIPs answered per interface.
@@ -98,56 +151,143 @@ func (a *Announcer) Close() {
 	}
 }
 
-// responder serves one interface.
+// responder serves one interface, by name. Its sockets and ifi change only
+// under Announcer.mu; the serve goroutines read them and are stopped
+// (closeSockets) before they change.
 type responder struct {
-	ifi *net.Interface
-	log *slog.Logger
+	name string
+	log  *slog.Logger
 
-	arpc *arp.Client // nil when the interface has no IPv4 address
-	ndpc *ndp.Conn   // nil when the interface has no usable IPv6 link-local address
+	ifi  *net.Interface // nil while not serving (missing or down)
+	arpc *arp.Client    // nil when not open (no IPv4 VIP, or no IPv4 address)
+	ndpc *ndp.Conn      // nil when not open (no IPv6 VIP, or no link-local address)
+	err  error          // why some owned VIP is not served (nil: all are)
+
+	closed  bool   // sockets were closed for a change: the next open is a re-open
+	reopens uint64 // re-opens (interface re-created or back up)
 
 	mu   sync.Mutex
-	vips map[netip.Addr]bool
+	vips map[netip.Addr]bool // the owned VIPs (served or not)
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
-func newResponder(name string, log *slog.Logger) (*responder, error) {
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return nil, err
-	}
-	r := &responder{ifi: ifi, log: log.With("interface", name), vips: map[netip.Addr]bool{}, done: make(chan struct{})}
-	return r, nil
+func newResponder(name string, log *slog.Logger) *responder {
+	return &responder{name: name, log: log.With("interface", name), vips: map[netip.Addr]bool{}, done: make(chan struct{})}
 }
 
-// ensureARP opens the ARP socket on first use (the interface needs an IPv4
-// address of its own: it is the sender of our requests).
-func (r *responder) ensureARP() error {
-	if r.arpc != nil {
-		return nil
+// reconcile brings the sockets to "open on the current ifindex of an
+// interface that is up", announcing every owned VIP on each socket it
+// opens. Called with Announcer.mu held.
+func (r *responder) reconcile() {
+	ifi, err := net.InterfaceByName(r.name)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("interface not found; waiting for it to appear: %w", err)
+		ifi = nil
+	case ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagRunning == 0:
+		// A frame sent now would be lost (no carrier): wait for the
+		// event that brings it up, and announce then.
+		err = errors.New("interface is down; waiting for it to come up")
+		ifi = nil
 	}
+	if r.ifi != nil && (ifi == nil || ifi.Index != r.ifi.Index || !bytes.Equal(ifi.HardwareAddr, r.ifi.HardwareAddr)) {
+		why := "interface gone or down"
+		if ifi != nil {
+			why = fmt.Sprintf("ifindex %d -> %d, MAC %s -> %s", r.ifi.Index, ifi.Index, r.ifi.HardwareAddr, ifi.HardwareAddr)
+		}
+		r.log.Warn("l2: interface changed; closing its sockets", "reason", why)
+		r.closed = r.closed || r.arpc != nil || r.ndpc != nil
+		r.closeSockets()
+		r.ifi = nil
+	}
+	if ifi == nil {
+		r.err = err
+		return
+	}
+	r.ifi = ifi
+	var errs []error
+	var v4, v6 []netip.Addr
+	for _, v := range r.list() {
+		if v.Is4() {
+			v4 = append(v4, v)
+		} else {
+			v6 = append(v6, v)
+		}
+	}
+	if len(v4) > 0 && r.arpc == nil {
+		if err := r.openARP(); err != nil {
+			errs = append(errs, err)
+		} else {
+			errs = append(errs, r.announceAll(v4)...)
+		}
+	}
+	if len(v6) > 0 && r.ndpc == nil {
+		if err := r.openNDP(); err != nil {
+			errs = append(errs, err)
+		} else {
+			errs = append(errs, r.announceAll(v6)...)
+		}
+	}
+	if r.ndpc != nil {
+		for _, v := range v6 {
+			if group, err := ndp.SolicitedNodeMulticast(v); err == nil {
+				// Joining twice returns EADDRINUSE; harmless.
+				_ = r.ndpc.JoinGroup(group)
+			}
+		}
+	}
+	r.err = errors.Join(errs...)
+}
+
+func (r *responder) announceAll(vips []netip.Addr) []error {
+	var errs []error
+	for _, v := range vips {
+		if err := r.announce(v); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s: %w", v, err))
+		} else {
+			r.log.Info("l2: VIP announced", "vip", v, "ifindex", r.ifi.Index)
+		}
+	}
+	return errs
+}
+
+func (r *responder) noteOpen() {
+	if r.closed {
+		r.reopens++
+		r.closed = false
+	}
+}
+
+// openARP opens the ARP socket (the interface needs an IPv4 address of
+// its own: it is the sender of our requests).
+func (r *responder) openARP() error {
 	c, err := arp.Dial(r.ifi)
 	if err != nil {
 		return fmt.Errorf("open ARP socket (the interface needs an IPv4 address): %w", err)
 	}
 	r.arpc = c
+	r.noteOpen()
 	r.wg.Add(1)
-	go r.serveARP()
+	go r.serveARP(c, r.ifi.HardwareAddr)
 	return nil
 }
 
-func (r *responder) ensureNDP() error {
-	if r.ndpc != nil {
-		return nil
-	}
-	c, _, err := ndp.Listen(r.ifi, ndp.LinkLocal)
+func (r *responder) openNDP() error {
+	// The zone of the link-local address is given as the ifindex, not the
+	// name: Go caches zone name → index for up to a minute, so after the
+	// interface was re-created the name would still bind the old, dead
+	// ifindex ("no such device"). ndp uses the name only as that zone.
+	ifi := *r.ifi
+	ifi.Name = strconv.Itoa(ifi.Index)
+	c, _, err := ndp.Listen(&ifi, ndp.LinkLocal)
 	if err != nil {
 		return fmt.Errorf("open NDP socket (the interface needs an IPv6 link-local address): %w", err)
 	}
 	r.ndpc = c
+	r.noteOpen()
 	r.wg.Add(1)
-	go r.serveNDP()
+	go r.serveNDP(c, r.ifi.HardwareAddr)
 	return nil
 }
 
@@ -168,33 +308,15 @@ func (r *responder) list() []netip.Addr {
 	return out
 }
 
+// set makes the owned VIPs vips, announcing the new ones on the sockets
+// that are open, and opens the sockets the new VIPs need (which announces
+// all of that family).
 func (r *responder) set(_ context.Context, vips []netip.Addr) error {
 	want := map[netip.Addr]bool{}
 	for _, v := range vips {
 		want[v.Unmap()] = true
 	}
-	var errs []error
 	var added []netip.Addr
-	for v := range want {
-		if v.Is4() {
-			if err := r.ensureARP(); err != nil {
-				errs = append(errs, err)
-				delete(want, v)
-				continue
-			}
-		} else {
-			if err := r.ensureNDP(); err != nil {
-				errs = append(errs, err)
-				delete(want, v)
-				continue
-			}
-			group, err := ndp.SolicitedNodeMulticast(v)
-			if err == nil {
-				// Joining twice returns EADDRINUSE; harmless.
-				_ = r.ndpc.JoinGroup(group)
-			}
-		}
-	}
 	r.mu.Lock()
 	for v := range want {
 		if !r.vips[v] {
@@ -203,11 +325,16 @@ func (r *responder) set(_ context.Context, vips []netip.Addr) error {
 	}
 	r.vips = want
 	r.mu.Unlock()
+	hadARP, hadNDP := r.arpc != nil, r.ndpc != nil
+	r.reconcile()
+	var errs []error
+	if r.err != nil {
+		errs = append(errs, r.err)
+	}
 	for _, v := range added {
-		if err := r.announce(v); err != nil {
-			errs = append(errs, fmt.Errorf("announce %s: %w", v, err))
-		} else {
-			r.log.Info("l2: VIP announced", "vip", v)
+		// A socket opened by reconcile announced every VIP of its family.
+		if (v.Is4() && hadARP && r.arpc != nil) || (v.Is6() && hadNDP && r.ndpc != nil) {
+			errs = append(errs, r.announceAll([]netip.Addr{v})...)
 		}
 	}
 	return errors.Join(errs...)
@@ -234,7 +361,7 @@ func (r *responder) announce(v netip.Addr) error {
 	return r.ndpc.WriteTo(na, nil, netip.IPv6LinkLocalAllNodes())
 }
 
-func (r *responder) serveARP() {
+func (r *responder) serveARP(c *arp.Client, mac net.HardwareAddr) {
 	defer r.wg.Done()
 	for {
 		select {
@@ -242,8 +369,8 @@ func (r *responder) serveARP() {
 			return
 		default:
 		}
-		_ = r.arpc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		p, _, err := r.arpc.Read()
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		p, _, err := c.Read()
 		if err != nil {
 			r.pauseAfter(err)
 			continue // deadline or a malformed frame: keep serving
@@ -251,13 +378,13 @@ func (r *responder) serveARP() {
 		if p.Operation != arp.OperationRequest || !r.owns(p.TargetIP) {
 			continue
 		}
-		if err := r.arpc.Reply(p, r.ifi.HardwareAddr, p.TargetIP); err != nil {
+		if err := c.Reply(p, mac, p.TargetIP); err != nil {
 			r.log.Warn("l2: ARP reply failed", "vip", p.TargetIP, "err", err)
 		}
 	}
 }
 
-func (r *responder) serveNDP() {
+func (r *responder) serveNDP(c *ndp.Conn, mac net.HardwareAddr) {
 	defer r.wg.Done()
 	for {
 		select {
@@ -265,8 +392,8 @@ func (r *responder) serveNDP() {
 			return
 		default:
 		}
-		_ = r.ndpc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		m, _, src, err := r.ndpc.ReadFrom()
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		m, _, src, err := c.ReadFrom()
 		if err != nil {
 			r.pauseAfter(err)
 			continue
@@ -280,7 +407,7 @@ func (r *responder) serveNDP() {
 			Override:      true,
 			TargetAddress: ns.TargetAddress,
 			Options: []ndp.Option{&ndp.LinkLayerAddress{
-				Direction: ndp.Target, Addr: r.ifi.HardwareAddr,
+				Direction: ndp.Target, Addr: mac,
 			}},
 		}
 		dst := src
@@ -289,7 +416,7 @@ func (r *responder) serveNDP() {
 			dst = netip.IPv6LinkLocalAllNodes()
 			na.Solicited = false
 		}
-		if err := r.ndpc.WriteTo(na, nil, dst); err != nil {
+		if err := c.WriteTo(na, nil, dst); err != nil {
 			r.log.Warn("l2: neighbor advertisement failed", "vip", ns.TargetAddress, "err", err)
 		}
 	}
@@ -308,13 +435,21 @@ func (r *responder) pauseAfter(err error) {
 	}
 }
 
-func (r *responder) close() {
+// closeSockets stops the serve goroutines and closes the sockets. The
+// sockets are closed before the wait so that a blocked read returns at
+// once rather than at its deadline (this runs on the link watcher).
+func (r *responder) closeSockets() {
 	close(r.done)
-	r.wg.Wait()
 	if r.arpc != nil {
 		_ = r.arpc.Close()
+		r.arpc = nil
 	}
 	if r.ndpc != nil {
 		_ = r.ndpc.Close()
+		r.ndpc = nil
 	}
+	r.wg.Wait()
+	r.done = make(chan struct{})
 }
+
+func (r *responder) close() { r.closeSockets() }

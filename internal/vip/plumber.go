@@ -36,7 +36,9 @@ type Plumber struct {
 	h    *netlink.Handle
 	name string
 
-	mu sync.Mutex
+	mu   sync.Mutex
+	want []netip.Addr // the last Set; nil before the first or after Remove
+	set  bool
 }
 
 // New returns a Plumber using handle h (nil = the current network
@@ -85,6 +87,27 @@ func (p *Plumber) link() (netlink.Link, error) {
 func (p *Plumber) Set(_ context.Context, vips []netip.Addr) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.want, p.set = slices.Clone(vips), true
+	return p.sync(vips)
+}
+
+// Reconcile re-applies the last Set: when someone deleted the interface
+// (or an address on it) the interface is re-created and the VIPs re-added.
+// xlbd calls it on every netlink link or address event, so a deleted xlb0
+// comes back at once rather than with the next service change. Nothing
+// happens before the first Set or after Remove.
+func (p *Plumber) Reconcile(_ context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.set {
+		return nil
+	}
+	return p.sync(p.want)
+}
+
+// sync makes the interface exist and carry exactly vips. Called with mu
+// held.
+func (p *Plumber) sync(vips []netip.Addr) error {
 	l, err := p.link()
 	if err != nil {
 		return fmt.Errorf("vip plumbing: %w", err)
@@ -163,6 +186,7 @@ func (p *Plumber) Addresses() ([]netip.Addr, error) {
 func (p *Plumber) Remove(_ context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.want, p.set = nil, false
 	l, err := p.h.LinkByName(p.name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError

@@ -105,3 +105,44 @@ func TestOtherInterfacesUntouched(t *testing.T) {
 		t.Fatalf("foreign address removed from lo:\n%s", out)
 	}
 }
+
+// TestReconcileRecreatesDeletedLink: someone deletes the VIP link; the
+// Reconcile xlbd runs on the link event re-creates it with the VIPs of the
+// last Set. Before the first Set and after Remove it creates nothing.
+func TestReconcileRecreatesDeletedLink(t *testing.T) {
+	h, _ := testHandle(t)
+	ctx := context.Background()
+	p := New(h, "")
+	if err := p.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.LinkByName(DefaultLink); err == nil {
+		t.Fatal("Reconcile before any Set created the link")
+	}
+	vips := []netip.Addr{netip.MustParseAddr("198.51.100.9"), netip.MustParseAddr("2001:db8:9::9")}
+	if err := p.Set(ctx, vips); err != nil {
+		t.Fatal(err)
+	}
+	l, err := h.LinkByName(DefaultLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.Addresses(); err != nil || !slices.Equal(got, vips) {
+		t.Fatalf("after delete + Reconcile: %v %v, want %v", got, err, vips)
+	}
+	if err := p.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.LinkByName(DefaultLink); err == nil {
+		t.Fatal("Reconcile after Remove re-created the link")
+	}
+}

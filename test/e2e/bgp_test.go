@@ -618,7 +618,11 @@ func startCapture(t *testing.T, ns *netns.NS, iface, filter string) *capture {
 	// tcpdump needs a moment to attach: wait until it sees an ARP the
 	// client sends itself (neighbor cache flushed, then a ping to the LB).
 	netns.Poll(t, 10*time.Second, func() error {
-		_ = exec.Command("ip", "-n", ns.Name, "neigh", "flush", "dev", iface).Run()
+		flush := []string{"-n", ns.Name, "neigh", "flush", "dev", iface}
+		if iface == "any" { // every interface, also ones created later
+			flush = []string{"-n", ns.Name, "neigh", "flush", "all"}
+		}
+		_ = exec.Command("ip", flush...).Run()
 		_, _ = exec.Command("ip", "netns", "exec", ns.Name, "ping", "-c", "1", "-W", "1", "198.18.0.1").CombinedOutput()
 		if !strings.Contains(c.String(), "ARP") {
 			return fmt.Errorf("tcpdump on %s sees nothing yet", iface)
