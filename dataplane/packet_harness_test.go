@@ -47,11 +47,13 @@ const (
 	dropFragment      = 3
 	dropMalformed     = 4
 	dropNoIfAddr      = 5
+	dropCTBudget      = 6
 
 	ctFReply      = 1 << 0
 	ctFRewriteSrc = 1 << 1
 	ctFRewriteDst = 1 << 2
 	ctFClosing    = 1 << 3
+	ctFUnreplied  = 1 << 4
 
 	cfgFNoFIB = 1 << 0
 
