@@ -86,6 +86,9 @@ func (d *Dataplane) GlobalStats(ctx context.Context) (GlobalStats, error) {
 		g.ReplyNAT += c.RevNat
 		g.ICMPNAT += c.IcmpNat
 		g.ConntrackCreated += c.CtCreated
+		g.Stateless += c.Stateless
+		g.ConntrackRebuilt += c.CtRebuilt
+		g.ReplyNATMap += c.RevNatMap
 	}
 	return g, ctx.Err()
 }

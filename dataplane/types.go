@@ -177,6 +177,11 @@ type GlobalStats struct {
 	RX, Passed, Malformed, Fragments uint64
 	ForwardNAT, ReplyNAT, ICMPNAT    uint64
 	ConntrackCreated                 uint64
+	// Stateless counts new-flow packets served without conntrack (the
+	// new-flow budget was spent); ConntrackRebuilt missing peer entries
+	// re-created from the remaining one; ReplyNATMap replies without
+	// conntrack translated through rev_nat (also counted in ReplyNAT).
+	Stateless, ConntrackRebuilt, ReplyNATMap uint64
 }
 
 // ConntrackUsage is the fill level of the conntrack map. Each flow uses two
