@@ -392,6 +392,9 @@ func (h *harness) global() xlbGlobalCounters {
 		g.RevNat += c.RevNat
 		g.IcmpNat += c.IcmpNat
 		g.CtCreated += c.CtCreated
+		g.Stateless += c.Stateless
+		g.CtRebuilt += c.CtRebuilt
+		g.RevNatMap += c.RevNatMap
 	}
 	return g
 }
