@@ -100,7 +100,12 @@ func (d *Dataplane) ConntrackUsage(ctx context.Context) (ConntrackUsage, error) 
 	if err != nil {
 		return ConntrackUsage{}, err
 	}
-	return ConntrackUsage{Entries: n, Capacity: int(d.objs.Conntrack.MaxEntries())}, nil
+	g, err := d.GlobalStats(ctx)
+	if err != nil {
+		return ConntrackUsage{}, err
+	}
+	return ConntrackUsage{Entries: n, Capacity: int(d.objs.Conntrack.MaxEntries()), Stateless: g.Stateless,
+		Rebuilt: g.ConntrackRebuilt}, nil
 }
 
 // flowStats returns forward entries per service id and the total entry

@@ -189,6 +189,9 @@ type GlobalStats struct {
 type ConntrackUsage struct {
 	Entries  int
 	Capacity int
+	// Stateless and Rebuilt mirror GlobalStats.Stateless and
+	// ConntrackRebuilt (flood handling, docs/datapath.md "Floods").
+	Stateless, Rebuilt uint64
 }
 
 // ReapResult reports one conntrack reaper pass.
