@@ -3,7 +3,28 @@ package dataplane
 import (
 	"net/netip"
 	"testing"
+	"time"
 )
+
+// TestDefaultNewFlowBudget: in one SYN lifetime all CPUs together insert at
+// most half of the table's flows.
+func TestDefaultNewFlowBudget(t *testing.T) {
+	for _, c := range []struct {
+		flows int
+		syn   time.Duration
+		cpus  int
+		want  int
+	}{
+		{1_000_000, 5 * time.Second, 2, 50_000},
+		{1024, 5 * time.Second, 2, 51},
+		{10_000_000, 5 * time.Second, 64, 15_625},
+		{1024, 600 * time.Second, 64, 1},
+	} {
+		if got := DefaultNewFlowBudget(c.flows, c.syn, c.cpus); got != c.want {
+			t.Errorf("DefaultNewFlowBudget(%d, %s, %d) = %d, want %d", c.flows, c.syn, c.cpus, got, c.want)
+		}
+	}
+}
 
 // revNatContent reads rev_nat as backend → VIP:port.
 func revNatContent(t *testing.T, d *Dataplane) map[netip.AddrPort]netip.AddrPort {
