@@ -208,10 +208,13 @@ static __always_inline int fast_body(struct xctx *x)
 	if (!e) {
 		if (svc_lookup(&p.t))
 			return XV_NEW;
-		struct be_key bk = {};
-		be_key_of(&p.t, &bk);
-		if (bpf_map_lookup_elem(&rev_nat, &bk))
-			return XV_SLOW; /* a backend's reply without conntrack */
+		struct xlb_cfg *cfg = config();
+		if (cfg && (cfg->flags & XLB_CFG_F_REV_NAT)) {
+			struct be_key bk = {};
+			be_key_of(&p.t, &bk);
+			if (bpf_map_lookup_elem(&rev_nat, &bk))
+				return XV_SLOW; /* a backend's reply without conntrack */
+		}
 		struct global_counters *g = gstats();
 		if (g) {
 			g->rx++;

@@ -196,6 +196,8 @@ struct xlb_cfg {
 /* xlb_cfg.flags (added by the datapath engineer) */
 #define XLB_CFG_F_NO_FIB (1u << 0) /* after a rewrite return PASS and let the kernel
 				    * route, instead of bpf_fib_lookup + redirect */
+#define XLB_CFG_F_REV_NAT (1u << 1) /* rev_nat is not empty: look up packets that miss
+				     * conntrack and services (else they pass at once) */
 
 /* rev_nat: key = a backend (address, port, protocol, family) that belongs
  * to exactly one service, a default-mode one; value = that service's key

@@ -102,6 +102,8 @@ const (
 	ctFlagRewriteSrc = 1 << 1
 	ctFlagRewriteDst = 1 << 2
 	ctFlagClosing    = 1 << 3
+
+	cfgFlagRevNat = 1 << 1 // XLB_CFG_F_REV_NAT
 )
 
 var natCodes = map[NATMode]uint8{NATDefault: natCodeDefault, NATFullNAT: natCodeFullNAT, NATOneArm: natCodeOneArm}

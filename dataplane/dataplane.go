@@ -258,6 +258,10 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.writeConfig(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.adoptLinks(ctx); err != nil {
 		d.objs.Close()
 		return nil, err
@@ -345,6 +349,11 @@ func checkPinnedMaps(spec *ebpf.CollectionSpec, cfg Config) error {
 func (d *Dataplane) writeConfig() error {
 	want := xlbXlbCfg{MaglevSeed: d.cfg.MaglevSeed, TcpClosingTimeoutS: uint32(d.cfg.TCPClosingTimeout / time.Second),
 		SynTimeoutS: uint32(d.cfg.SYNTimeout / time.Second), NewFlowBudget: uint32(min(d.cfg.NewFlowBudget, 1<<31))}
+	if len(d.revNat) > 0 {
+		// Spares the fast path a rev_nat lookup per passed packet when
+		// there is nothing to find.
+		want.Flags |= cfgFlagRevNat
+	}
 	var cur xlbXlbCfg
 	if err := d.objs.XlbConfig.Lookup(uint32(0), &cur); err == nil && cur == want {
 		return nil

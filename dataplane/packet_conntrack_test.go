@@ -22,6 +22,12 @@ func (h *harness) revNat(be, vip netip.AddrPort, proto uint8) {
 	if err := h.objs.RevNat.Put(k, v); err != nil {
 		h.t.Fatal(err)
 	}
+	var c xlbXlbCfg
+	if err := h.objs.XlbConfig.Lookup(uint32(0), &c); err != nil {
+		h.t.Fatal(err)
+	}
+	c.Flags |= cfgFRevNat
+	h.setConfig(c)
 }
 
 func (h *harness) ctDel(k xlbCtKey) {
@@ -59,7 +65,12 @@ func (h *harness) ctAge(k xlbCtKey) {
 // far ahead), so the test does not depend on timing or on which CPU runs it.
 func (h *harness) spendBudget() {
 	h.t.Helper()
-	h.setConfig(xlbXlbCfg{MaglevSeed: 0x1234, Flags: cfgFNoFIB, NewFlowBudget: 1})
+	var c xlbXlbCfg
+	if err := h.objs.XlbConfig.Lookup(uint32(0), &c); err != nil {
+		h.t.Fatal(err)
+	}
+	c.NewFlowBudget = 1
+	h.setConfig(c)
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		h.t.Fatal(err)

@@ -55,7 +55,8 @@ const (
 	ctFClosing    = 1 << 3
 	ctFUnreplied  = 1 << 4
 
-	cfgFNoFIB = 1 << 0
+	cfgFNoFIB  = 1 << 0
+	cfgFRevNat = 1 << 1
 
 	protoTCP = 6
 	protoUDP = 17

@@ -52,6 +52,14 @@ func (d *Dataplane) revNatWant() map[xlbBeKey]xlbSvcKey {
 // must hold (nothing when nothing changed).
 func (d *Dataplane) syncRevNat(w *mapWriter) error {
 	want := d.revNatWant()
+	wasEmpty := len(d.revNat) == 0
+	defer func() {
+		if (len(d.revNat) == 0) != wasEmpty {
+			if err := d.writeConfig(); err != nil {
+				d.log.Error("write xlb_config after a rev_nat change", "err", err)
+			}
+		}
+	}()
 	for k := range d.revNat {
 		if _, ok := want[k]; !ok {
 			if err := w.del(d.objs.RevNat, "rev_nat", k); err != nil {

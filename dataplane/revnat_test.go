@@ -86,8 +86,21 @@ func TestApplyRevNat(t *testing.T) {
 	}
 	check("after d left", map[string]string{"10.0.0.1:80": "192.0.2.10:80", "10.0.0.2:80": "192.0.2.10:80", "10.0.0.3:80": "192.0.2.10:82"})
 	t.Logf("d left: %d writes", res.Writes)
+	flag := func() bool {
+		var c xlbXlbCfg
+		if err := d.objs.XlbConfig.Lookup(uint32(0), &c); err != nil {
+			t.Fatal(err)
+		}
+		return c.Flags&cfgFlagRevNat != 0
+	}
+	if !flag() {
+		t.Error("XLB_CFG_F_REV_NAT not set while rev_nat has entries")
+	}
 	if _, err := d.Apply(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	check("empty", nil)
+	if flag() {
+		t.Error("XLB_CFG_F_REV_NAT still set with rev_nat empty")
+	}
 }
