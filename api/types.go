@@ -159,6 +159,11 @@ type Status struct {
 	Services          int               `json:"services"`
 	ConntrackEntries  int               `json:"conntrackEntries"`
 	ConntrackCapacity int               `json:"conntrackCapacity"`
+	// ConntrackStateless counts new-flow packets served without conntrack
+	// (new-flow budget spent); ConntrackRebuilt missing peer entries
+	// re-created (docs/datapath.md, "Floods").
+	ConntrackStateless uint64 `json:"conntrackStateless"`
+	ConntrackRebuilt   uint64 `json:"conntrackRebuilt"`
 	// SNATPortRange is xlbd's --snat-port-range ("MIN-MAX").
 	SNATPortRange string `json:"snatPortRange,omitempty"`
 	// EphemeralPortRange is the host's net.ipv4.ip_local_port_range as

@@ -54,6 +54,16 @@ static __always_inline int new_flow(struct xctx *x, struct scratch *sc, struct s
 {
 	struct pkt *p = &sc->p;
 	int r = ct_new(x->ctx, sc, s, now);
+	if (r == XLB_CT_NEW_STATELESS) {
+		/* Budget spent: translated, nothing inserted. */
+		struct global_counters *g = gstats();
+		if (g) {
+			g->stateless++;
+			g->fwd_nat++;
+		}
+		count_fwd(&sc->fe, x->len, false);
+		return apply_and_forward(x, p, &sc->fe, bpf_ktime_get_coarse_ns());
+	}
 	if (r) {
 		svc_drop(s->id, r - 1);
 		return XV_DROP;
@@ -73,6 +83,42 @@ static __always_inline int new_flow(struct xctx *x, struct scratch *sc, struct s
 			ct_touch(&p->t, e, now, p->tcp_flags);
 	}
 	return apply_and_forward(x, p, &sc->fe, bpf_ktime_get_coarse_ns());
+}
+
+/* The rev_nat key of a packet's source (a backend's reply). */
+static __always_inline void be_key_of(const struct ct_key *t, struct be_key *bk)
+{
+	addr_copy(bk->addr, t->src);
+	bk->port = t->sport;
+	bk->proto = t->proto;
+	bk->family = t->family;
+}
+
+/*
+ * A packet without conntrack entry and not to a service: a reply from a
+ * backend in rev_nat (a flow served without conntrack, or whose reply entry
+ * was evicted) gets the VIP as its source, so no backend address leaks to the
+ * client. Not for packets to this host itself (its own connections to a
+ * backend, e.g. health probes): only when the destination is forwarded.
+ */
+static __always_inline int rev_nat_reply(struct xctx *x, struct pkt *p)
+{
+	struct scratch *sc = container_of_pkt(p);
+	be_key_of(&p->t, &sc->bk);
+	struct svc_key *rv = bpf_map_lookup_elem(&rev_nat, &sc->bk);
+	if (!rv || dst_is_local(x, p->t.family, p->t.src, p->t.dst))
+		return not_ours();
+	struct ct_entry *re = &sc->pe;
+	__builtin_memset(re, 0, sizeof(*re));
+	re->flags = XLB_CT_F_REPLY | XLB_CT_F_REWRITE_SRC;
+	addr_copy(re->nat_src, rv->vip);
+	re->nat_sport = rv->port;
+	struct global_counters *g = gstats();
+	if (g) {
+		g->rev_nat++;
+		g->rev_nat_map++;
+	}
+	return apply_and_forward(x, p, re, bpf_ktime_get_coarse_ns());
 }
 
 /* TCP/UDP packet with a parsed tuple. ct_miss: the fast path has just
@@ -107,7 +153,7 @@ static __always_inline int lb_body(struct xctx *x, struct pkt *p, bool ct_miss)
 		 * own port on a plumbed VIP): its later fragments pass too. */
 		if (p->frag == XLB_PKT_FRAG_FIRST)
 			frag_record(p, NULL, NULL, NULL);
-		return not_ours();
+		return rev_nat_reply(x, p);
 	}
 	return new_flow(x, container_of_pkt(p), s, now);
 }
@@ -172,6 +218,13 @@ static __always_inline int fast_body(struct xctx *x)
 	if (!e) {
 		if (svc_lookup(&p.t))
 			return XV_NEW;
+		struct xlb_cfg *cfg = config();
+		if (cfg && (cfg->flags & XLB_CFG_F_REV_NAT)) {
+			struct be_key bk = {};
+			be_key_of(&p.t, &bk);
+			if (bpf_map_lookup_elem(&rev_nat, &bk))
+				return XV_SLOW; /* a backend's reply without conntrack */
+		}
 		struct global_counters *g = gstats();
 		if (g) {
 			g->rx++;

@@ -54,6 +54,7 @@
 				   * later fragment has no ports to find its service (global frag_dropped) */
 #define XLB_DROP_MALFORMED      4 /* truncated / inconsistent headers to a VIP */
 #define XLB_DROP_NO_IFADDR      5 /* onearm: egress interface has no address */
+#define XLB_DROP_CT_BUDGET      6 /* new-flow budget spent and the mode needs state (fullnat/onearm) */
 #define XLB_DROP_MAX            8
 
 /* ct_entry.flags */
@@ -61,6 +62,7 @@
 #define XLB_CT_F_REWRITE_SRC (1u << 1) /* rewrite source to nat_src:nat_sport */
 #define XLB_CT_F_REWRITE_DST (1u << 2) /* rewrite destination to nat_dst:nat_dport */
 #define XLB_CT_F_CLOSING    (1u << 3) /* FIN or RST seen: short lifetime */
+#define XLB_CT_F_UNREPLIED  (1u << 4) /* no reply from the backend yet: short lifetime (syn_timeout_s) */
 
 /* Key of the services map: one load-balanced (VIP, port, protocol). */
 struct svc_key {
@@ -179,6 +181,9 @@ struct global_counters {
 	__u64 ct_created;  /* conntrack entries created */
 	__u64 frag_nat;    /* non-first fragments translated by the fragment table (bpf/lib/frag.h) */
 	__u64 frag_dropped; /* non-first fragments to a VIP whose first fragment was not seen: dropped */
+	__u64 stateless;   /* new-flow packets served without conntrack (budget spent) */
+	__u64 ct_rebuilt;  /* missing peer entries rebuilt from the remaining one */
+	__u64 rev_nat_map; /* replies without conntrack translated through rev_nat */
 };
 
 /* config: ARRAY[1], written by Go at start and on change. */
@@ -187,10 +192,25 @@ struct xlb_cfg {
 	__u32 tcp_closing_timeout_s; /* lifetime after FIN/RST (default 10) */
 	__u32 flags;                 /* XLB_CFG_F_* */
 	__u32 pad;
+	__u32 syn_timeout_s;         /* lifetime of a flow until the backend's first reply (default 5) */
+	__u32 new_flow_budget;       /* conntrack insertions per CPU per second; 0 = unlimited */
 };
 
 /* xlb_cfg.flags (added by the datapath engineer) */
 #define XLB_CFG_F_NO_FIB (1u << 0) /* after a rewrite return PASS and let the kernel
 				    * route, instead of bpf_fib_lookup + redirect */
+#define XLB_CFG_F_REV_NAT (1u << 1) /* rev_nat is not empty: look up packets that miss
+				     * conntrack and services (else they pass at once) */
+
+/* rev_nat: key = a backend (address, port, protocol, family) that belongs
+ * to exactly one service, a default-mode one; value = that service's key
+ * (VIP, port). A reply from the backend that misses conntrack (a stateless
+ * flow, or an evicted reply entry) is still source-rewritten to the VIP. */
+struct be_key {
+	__be32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
 
 #endif /* XLB_H */

@@ -155,6 +155,9 @@ func (d *Dataplane) Apply(ctx context.Context, desired []Service) (res ApplyResu
 			d.vipCount[k] = m
 		}
 	}
+	if err := d.syncRevNat(w); err != nil {
+		return res, fmt.Errorf("apply: %w", err)
+	}
 	return res, nil
 }
 

@@ -27,9 +27,10 @@ func TestApplyManyServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Per service: 2 backends, table, service entry, VIP.
-	if len(res.Created) != n || res.Writes != 5*n {
-		t.Fatalf("first Apply: %d created, %d writes; want %d, %d", len(res.Created), res.Writes, n, 5*n)
+	// Per service: 2 backends, table, service entry, VIP, 2 rev_nat
+	// entries (default mode, backends not shared).
+	if len(res.Created) != n || res.Writes != 7*n {
+		t.Fatalf("first Apply: %d created, %d writes; want %d, %d", len(res.Created), res.Writes, n, 7*n)
 	}
 	if got := mapCount(t, d.objs.Services); got != n {
 		t.Errorf("services map has %d entries, want %d", got, n)
@@ -68,8 +69,9 @@ func TestApplyManyServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Writes != 5 || len(res.Updated) != 1 || res.Updated[0] != svcs[tablesPerBatch+3].Name {
-		t.Errorf("one backend replaced: %d writes, updated %v; want 5 on %s", res.Writes, res.Updated, svcs[tablesPerBatch+3].Name)
+	// 5 + the rev_nat entries of the old (deleted) and new backend.
+	if res.Writes != 7 || len(res.Updated) != 1 || res.Updated[0] != svcs[tablesPerBatch+3].Name {
+		t.Errorf("one backend replaced: %d writes, updated %v; want 7 on %s", res.Writes, res.Updated, svcs[tablesPerBatch+3].Name)
 	}
 
 	// Everything removed: entries, allow-list and VIPs are gone, every

@@ -102,13 +102,15 @@ const (
 	ctFlagRewriteSrc = 1 << 1
 	ctFlagRewriteDst = 1 << 2
 	ctFlagClosing    = 1 << 3
+
+	cfgFlagRevNat = 1 << 1 // XLB_CFG_F_REV_NAT
 )
 
 var natCodes = map[NATMode]uint8{NATDefault: natCodeDefault, NATFullNAT: natCodeFullNAT, NATOneArm: natCodeOneArm}
 var algoCodes = map[Algorithm]uint8{AlgoRR: algoCodeRR, AlgoRandom: algoCodeRandom, AlgoMaglev: algoCodeMaglev, AlgoPersist: algoCodePersist, AlgoLC: algoCodeLC}
 
 // dropNames are the names of svc_counters.drops indexes (XLB_DROP_*).
-var dropNames = [...]string{"no_backend", "src_denied", "snat_exhausted", "fragment", "malformed", "no_ifaddr"}
+var dropNames = [...]string{"no_backend", "src_denied", "snat_exhausted", "fragment", "malformed", "no_ifaddr", "ct_budget"}
 
 // String returns the stable name of a drop reason.
 func (r DropReason) String() string {

@@ -66,6 +66,17 @@ type Config struct {
 	FragmentEntries int
 	// TCPClosingTimeout is the conntrack lifetime after FIN/RST (default 10s).
 	TCPClosingTimeout time.Duration
+	// SYNTimeout is the conntrack lifetime of a flow until the backend's
+	// first reply (default 5s, whole seconds); then the service's idle
+	// timeout applies. A flood of SYNs from spoofed sources never gets a
+	// reply, so its entries live this long.
+	SYNTimeout time.Duration
+	// NewFlowBudget bounds conntrack insertions per CPU per second (0:
+	// unlimited). Beyond it new flows of default-mode services are served
+	// without conntrack (backend by the flow hash, replies through
+	// rev_nat); fullnat/onearm ones are dropped (XLB_DROP_CT_BUDGET).
+	// DefaultNewFlowBudget derives a value from the table size.
+	NewFlowBudget int
 	// Logger receives operational messages (default slog.Default()).
 	Logger *slog.Logger
 
@@ -91,6 +102,7 @@ const (
 	DefaultSNATPortMin          = 10000
 	DefaultSNATPortMax          = 29999
 	DefaultTCPClosingTimeout    = 10 * time.Second
+	DefaultSYNTimeout           = 5 * time.Second
 	defaultActiveRecomputeEvery = time.Minute
 )
 
@@ -118,6 +130,7 @@ type Dataplane struct {
 	health   map[beRef]uint8 // SetBackendState overrides (beStateDown, beStateDraining)
 	links    map[string]*attachment
 	ifAddrs  map[uint32]xlbIfAddr
+	revNat   map[xlbBeKey]xlbSvcKey // what rev_nat holds
 
 	reapMu         sync.Mutex
 	lastActiveCalc time.Time
@@ -243,6 +256,7 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 		health:    map[beRef]uint8{},
 		links:     map[string]*attachment{},
 		ifAddrs:   map[uint32]xlbIfAddr{},
+		revNat:    map[xlbBeKey]xlbSvcKey{},
 	}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		return nil, fmt.Errorf("load datapath into the kernel: %w", err)
@@ -254,6 +268,14 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 	if err := d.restore(ctx); err != nil {
 		d.objs.Close()
 		return nil, fmt.Errorf("rebuild state from pinned maps: %w", err)
+	}
+	if err := d.loadRevNat(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	if err := d.writeConfig(); err != nil {
+		d.objs.Close()
+		return nil, err
 	}
 	if err := d.adoptLinks(ctx); err != nil {
 		d.objs.Close()
@@ -291,6 +313,12 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.TCPClosingTimeout <= 0 {
 		cfg.TCPClosingTimeout = DefaultTCPClosingTimeout
+	}
+	if cfg.SYNTimeout < time.Second {
+		cfg.SYNTimeout = DefaultSYNTimeout
+	}
+	if cfg.NewFlowBudget < 0 {
+		cfg.NewFlowBudget = 0
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -337,7 +365,13 @@ func checkPinnedMaps(spec *ebpf.CollectionSpec, cfg Config) error {
 }
 
 func (d *Dataplane) writeConfig() error {
-	want := xlbXlbCfg{MaglevSeed: d.cfg.MaglevSeed, TcpClosingTimeoutS: uint32(d.cfg.TCPClosingTimeout / time.Second)}
+	want := xlbXlbCfg{MaglevSeed: d.cfg.MaglevSeed, TcpClosingTimeoutS: uint32(d.cfg.TCPClosingTimeout / time.Second),
+		SynTimeoutS: uint32(d.cfg.SYNTimeout / time.Second), NewFlowBudget: uint32(min(d.cfg.NewFlowBudget, 1<<31))}
+	if len(d.revNat) > 0 {
+		// Spares the fast path a rev_nat lookup per passed packet when
+		// there is nothing to find.
+		want.Flags |= cfgFlagRevNat
+	}
 	var cur xlbXlbCfg
 	if err := d.objs.XlbConfig.Lookup(uint32(0), &cur); err == nil && cur == want {
 		return nil

@@ -208,8 +208,8 @@ func TestApplyMinimalWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Writes != 5 {
-		t.Errorf("backend removal: %d writes, want 5 (table + svc_info backend_count + backend + stats + active)", res.Writes)
+	if res.Writes != 6 {
+		t.Errorf("backend removal: %d writes, want 6 (table + svc_info backend_count + backend + stats + active + rev_nat)", res.Writes)
 	}
 	got := backendIDs(d)
 	for k, id := range got {

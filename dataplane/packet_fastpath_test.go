@@ -32,6 +32,12 @@ func TestPacketFastPathMatchesSlowPath(t *testing.T) {
 						rep := build(t, pktSpec{src: f.be1, dst: ns, proto: pr.proto, flags: "A", payload: []byte("reply")})
 						fwdKey := ctKey(f.client, f.vip, pr.proto)
 						repKey := ctKey(f.be1, ns, pr.proto)
+						// The backend's first reply ends the flow's unreplied
+						// state (slow path by design); after it the flow is
+						// established.
+						if ret, _ := run(t, p, rep, 0); ret != p.fwd {
+							t.Fatalf("first reply verdict %d", ret)
+						}
 
 						type result struct {
 							ret  uint32

@@ -47,13 +47,16 @@ const (
 	dropFragment      = 3
 	dropMalformed     = 4
 	dropNoIfAddr      = 5
+	dropCTBudget      = 6
 
 	ctFReply      = 1 << 0
 	ctFRewriteSrc = 1 << 1
 	ctFRewriteDst = 1 << 2
 	ctFClosing    = 1 << 3
+	ctFUnreplied  = 1 << 4
 
-	cfgFNoFIB = 1 << 0
+	cfgFNoFIB  = 1 << 0
+	cfgFRevNat = 1 << 1
 
 	protoTCP = 6
 	protoUDP = 17
@@ -392,6 +395,9 @@ func (h *harness) global() xlbGlobalCounters {
 		g.CtCreated += c.CtCreated
 		g.FragNat += c.FragNat
 		g.FragDropped += c.FragDropped
+		g.Stateless += c.Stateless
+		g.CtRebuilt += c.CtRebuilt
+		g.RevNatMap += c.RevNatMap
 	}
 	return g
 }

@@ -88,6 +88,9 @@ func (d *Dataplane) GlobalStats(ctx context.Context) (GlobalStats, error) {
 		g.ConntrackCreated += c.CtCreated
 		g.FragmentNAT += c.FragNat
 		g.FragmentDropped += c.FragDropped
+		g.Stateless += c.Stateless
+		g.ConntrackRebuilt += c.CtRebuilt
+		g.ReplyNATMap += c.RevNatMap
 	}
 	return g, ctx.Err()
 }
@@ -99,7 +102,12 @@ func (d *Dataplane) ConntrackUsage(ctx context.Context) (ConntrackUsage, error) 
 	if err != nil {
 		return ConntrackUsage{}, err
 	}
-	return ConntrackUsage{Entries: n, Capacity: int(d.objs.Conntrack.MaxEntries())}, nil
+	g, err := d.GlobalStats(ctx)
+	if err != nil {
+		return ConntrackUsage{}, err
+	}
+	return ConntrackUsage{Entries: n, Capacity: int(d.objs.Conntrack.MaxEntries()), Stateless: g.Stateless,
+		Rebuilt: g.ConntrackRebuilt}, nil
 }
 
 // flowStats returns forward entries per service id and the total entry

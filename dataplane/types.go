@@ -194,6 +194,11 @@ type GlobalStats struct {
 	// their datagram's first fragment; FragmentDropped the later fragments
 	// to a VIP whose first fragment was not seen (docs/datapath.md, Fragments).
 	FragmentNAT, FragmentDropped uint64
+	// Stateless counts new-flow packets served without conntrack (the
+	// new-flow budget was spent); ConntrackRebuilt missing peer entries
+	// re-created from the remaining one; ReplyNATMap replies without
+	// conntrack translated through rev_nat (also counted in ReplyNAT).
+	Stateless, ConntrackRebuilt, ReplyNATMap uint64
 }
 
 // ConntrackUsage is the fill level of the conntrack map. Each flow uses two
@@ -201,6 +206,9 @@ type GlobalStats struct {
 type ConntrackUsage struct {
 	Entries  int
 	Capacity int
+	// Stateless and Rebuilt mirror GlobalStats.Stateless and
+	// ConntrackRebuilt (flood handling, docs/datapath.md "Floods").
+	Stateless, Rebuilt uint64
 }
 
 // ReapResult reports one conntrack reaper pass.

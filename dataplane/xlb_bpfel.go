@@ -53,6 +53,14 @@ type xlbBackendCounters struct {
 	NewFlows uint64
 }
 
+type xlbBeKey struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
 type xlbCtEntry struct {
 	_          structs.HostLayout
 	LastSeenNs uint64
@@ -91,6 +99,9 @@ type xlbGlobalCounters struct {
 	CtCreated   uint64
 	FragNat     uint64
 	FragDropped uint64
+	Stateless   uint64
+	CtRebuilt   uint64
+	RevNatMap   uint64
 }
 
 type xlbIfAddr struct {
@@ -146,6 +157,8 @@ type xlbXlbCfg struct {
 	TcpClosingTimeoutS uint32
 	Flags              uint32
 	Pad                uint32
+	SynTimeoutS        uint32
+	NewFlowBudget      uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -160,12 +173,14 @@ const (
 	xlbMapConntrack     = "conntrack"
 	xlbMapGlobalStats   = "global_stats"
 	xlbMapIfAddrs       = "if_addrs"
+	xlbMapRevNat        = "rev_nat"
 	xlbMapRrCursor      = "rr_cursor"
 	xlbMapSelTables     = "sel_tables"
 	xlbMapServices      = "services"
 	xlbMapSvcStats      = "svc_stats"
 	xlbMapVips          = "vips"
 	xlbMapXlbConfig     = "xlb_config"
+	xlbMapXlbCtBudget   = "xlb_ct_budget"
 	xlbMapXlbFibCache   = "xlb_fib_cache"
 	xlbMapXlbFrags      = "xlb_frags"
 	xlbMapXlbScratch    = "xlb_scratch"
@@ -233,12 +248,14 @@ type xlbMapSpecs struct {
 	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
 	GlobalStats   *ebpf.MapSpec `ebpf:"global_stats"`
 	IfAddrs       *ebpf.MapSpec `ebpf:"if_addrs"`
+	RevNat        *ebpf.MapSpec `ebpf:"rev_nat"`
 	RrCursor      *ebpf.MapSpec `ebpf:"rr_cursor"`
 	SelTables     *ebpf.MapSpec `ebpf:"sel_tables"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
 	SvcStats      *ebpf.MapSpec `ebpf:"svc_stats"`
 	Vips          *ebpf.MapSpec `ebpf:"vips"`
 	XlbConfig     *ebpf.MapSpec `ebpf:"xlb_config"`
+	XlbCtBudget   *ebpf.MapSpec `ebpf:"xlb_ct_budget"`
 	XlbFibCache   *ebpf.MapSpec `ebpf:"xlb_fib_cache"`
 	XlbFrags      *ebpf.MapSpec `ebpf:"xlb_frags"`
 	XlbScratch    *ebpf.MapSpec `ebpf:"xlb_scratch"`
@@ -278,12 +295,14 @@ type xlbMaps struct {
 	Conntrack     *ebpf.Map `ebpf:"conntrack"`
 	GlobalStats   *ebpf.Map `ebpf:"global_stats"`
 	IfAddrs       *ebpf.Map `ebpf:"if_addrs"`
+	RevNat        *ebpf.Map `ebpf:"rev_nat"`
 	RrCursor      *ebpf.Map `ebpf:"rr_cursor"`
 	SelTables     *ebpf.Map `ebpf:"sel_tables"`
 	Services      *ebpf.Map `ebpf:"services"`
 	SvcStats      *ebpf.Map `ebpf:"svc_stats"`
 	Vips          *ebpf.Map `ebpf:"vips"`
 	XlbConfig     *ebpf.Map `ebpf:"xlb_config"`
+	XlbCtBudget   *ebpf.Map `ebpf:"xlb_ct_budget"`
 	XlbFibCache   *ebpf.Map `ebpf:"xlb_fib_cache"`
 	XlbFrags      *ebpf.Map `ebpf:"xlb_frags"`
 	XlbScratch    *ebpf.Map `ebpf:"xlb_scratch"`
@@ -299,12 +318,14 @@ func (m *xlbMaps) Close() error {
 		m.Conntrack,
 		m.GlobalStats,
 		m.IfAddrs,
+		m.RevNat,
 		m.RrCursor,
 		m.SelTables,
 		m.Services,
 		m.SvcStats,
 		m.Vips,
 		m.XlbConfig,
+		m.XlbCtBudget,
 		m.XlbFibCache,
 		m.XlbFrags,
 		m.XlbScratch,

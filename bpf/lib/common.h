@@ -28,6 +28,7 @@
 #define XLB_DEFAULT_AFFINITY_TIMEOUT 10800
 #define XLB_DEFAULT_SNAT_MIN 32768
 #define XLB_DEFAULT_SNAT_MAX 60999
+#define XLB_DEFAULT_SYN_TIMEOUT 5
 /* last_seen_ns is written about this often per busy flow (limits cache-line
  * writes): once it is XLB_TOUCH_NS - XLB_COARSE_SLACK_NS old (see ct_touch). */
 #define XLB_TOUCH_NS NSEC_PER_SEC
@@ -89,6 +90,8 @@ struct scratch {
 		struct tcp_hdr tcp;
 		struct udp_hdr udp;
 	} h4;
+	struct ct_entry pe; /* peer entry rebuilt by ct_touch; reply entry from rev_nat */
+	struct be_key bk;   /* rev_nat key */
 };
 
 struct {

@@ -56,22 +56,102 @@ static __always_inline __u32 closing_timeout(void)
 	return XLB_DEFAULT_CLOSING_TIMEOUT;
 }
 
+/* Lifetime of a flow until the backend's first reply (XLB_CT_F_UNREPLIED). */
+static __always_inline __u32 syn_timeout(void)
+{
+	struct xlb_cfg *cfg = config();
+	if (cfg && cfg->syn_timeout_s)
+		return cfg->syn_timeout_s;
+	return XLB_DEFAULT_SYN_TIMEOUT;
+}
+
+/* The service's idle lifetime for a flow whose forward key is fk. */
+static __always_inline __u32 idle_lifetime(const struct ct_key *fk)
+{
+	struct svc_info *s = svc_lookup(fk);
+	if (s && s->idle_timeout_s)
+		return s->idle_timeout_s;
+	return fk->proto == IPPROTO_TCP_ ? XLB_DEFAULT_TCP_TIMEOUT : XLB_DEFAULT_UDP_TIMEOUT;
+}
+
 /*
- * ct_touch refreshes both entries of a flow (at most every XLB_TOUCH_NS) and
- * handles the TCP FIN/RST transition: both entries get XLB_CT_F_CLOSING and
- * the short lifetime; backend_active is decremented exactly once, guarded by
- * an atomic fetch-or on the forward entry's flags.
+ * ct_rebuild_peer re-creates the missing peer entry of e (key pk, from
+ * ct_peer_key) and returns it (NULL if the insert failed). The two entries of
+ * a flow are evicted independently by the LRU; everything the peer holds
+ * follows from the remaining entry and its flags:
+ *   forward  k=client->VIP, REWRITE_DST->backend [+REWRITE_SRC->snat:sport]
+ *   reply    pk=backend->client|snat:sport, REPLY|REWRITE_SRC->VIP:port
+ *            [+REWRITE_DST->client:cport]
+ * and back. CLOSING/UNREPLIED, lifetime, ids and backend gen are copied.
+ * backend_active is left alone (Go rewrites it from conntrack walks).
+ */
+static __noinline struct ct_entry *ct_rebuild_peer(const struct ct_key *k, const struct ct_entry *e,
+						   const struct ct_key *pk, __u64 now)
+{
+	__u32 z = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&xlb_scratch, &z);
+	if (!sc)
+		return NULL;
+	struct ct_entry *pe = &sc->pe;
+	__builtin_memcpy(pe, e, sizeof(*pe));
+	__u32 keep = e->flags & (XLB_CT_F_CLOSING | XLB_CT_F_UNREPLIED);
+	bool snat;
+	pe->last_seen_ns = now;
+	__builtin_memset(pe->nat_src, 0, sizeof(pe->nat_src));
+	__builtin_memset(pe->nat_dst, 0, sizeof(pe->nat_dst));
+	pe->nat_sport = 0;
+	pe->nat_dport = 0;
+	if (e->flags & XLB_CT_F_REPLY) {
+		/* reply k = backend -> client|snat: forward entry toward the backend */
+		snat = e->flags & XLB_CT_F_REWRITE_DST;
+		pe->flags = XLB_CT_F_REWRITE_DST | keep;
+		addr_copy(pe->nat_dst, k->src);
+		pe->nat_dport = k->sport;
+		if (snat) {
+			pe->flags |= XLB_CT_F_REWRITE_SRC;
+			addr_copy(pe->nat_src, k->dst);
+			pe->nat_sport = k->dport;
+		}
+	} else {
+		/* forward k = client -> VIP: replies come from the VIP, back to the client */
+		snat = e->flags & XLB_CT_F_REWRITE_SRC;
+		pe->flags = XLB_CT_F_REPLY | XLB_CT_F_REWRITE_SRC | keep;
+		addr_copy(pe->nat_src, k->dst);
+		pe->nat_sport = k->dport;
+		if (snat) {
+			pe->flags |= XLB_CT_F_REWRITE_DST;
+			addr_copy(pe->nat_dst, k->src);
+			pe->nat_dport = k->sport;
+		}
+	}
+	/* NOEXIST: another CPU may have rebuilt it in between; keep theirs. */
+	bpf_map_update_elem(&conntrack, pk, pe, BPF_NOEXIST);
+	struct ct_entry *peer = bpf_map_lookup_elem(&conntrack, pk);
+	if (peer)
+		GINC(ct_rebuilt);
+	return peer;
+}
+
+/*
+ * ct_touch refreshes both entries of a flow (at most every XLB_TOUCH_NS),
+ * rebuilds the peer entry when the LRU evicted it, ends the short
+ * XLB_CT_F_UNREPLIED lifetime at the backend's first reply, and handles the
+ * TCP FIN/RST transition: both entries get XLB_CT_F_CLOSING and the short
+ * lifetime; backend_active is decremented exactly once, guarded by an atomic
+ * fetch-or on the forward entry's flags.
  */
 static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e, __u64 now, __u8 tcp_flags)
 {
 	bool closing = k->proto == IPPROTO_TCP_ && (tcp_flags & (TCP_FIN_ | TCP_RST_)) &&
 		       !(e->flags & XLB_CT_F_CLOSING);
+	/* The first packet from the backend: the flow is established. */
+	bool replied = (e->flags & (XLB_CT_F_REPLY | XLB_CT_F_UNREPLIED)) == (XLB_CT_F_REPLY | XLB_CT_F_UNREPLIED);
 	/* Refresh as soon as the fast path stops taking the entry (coarse
 	 * age + slack >= XLB_TOUCH_NS, and the coarse age is at most the
 	 * precise one), not at XLB_TOUCH_NS: with the later threshold every
 	 * packet of every busy flow took the slow path for the last
 	 * XLB_COARSE_SLACK_NS of each second (~5 % of the packets). */
-	if (!closing && now - e->last_seen_ns < XLB_TOUCH_NS - XLB_COARSE_SLACK_NS)
+	if (!closing && !replied && now - e->last_seen_ns < XLB_TOUCH_NS - XLB_COARSE_SLACK_NS)
 		return;
 
 	__u32 z = 0;
@@ -81,10 +161,24 @@ static __always_inline void ct_touch(const struct ct_key *k, struct ct_entry *e,
 	struct ct_key *pk = &sc->pk;
 	ct_peer_key(k, e, pk);
 	struct ct_entry *peer = bpf_map_lookup_elem(&conntrack, pk);
+	if (!peer)
+		peer = ct_rebuild_peer(k, e, pk, now);
 
 	e->last_seen_ns = now;
 	if (peer)
 		peer->last_seen_ns = now;
+	if (replied) {
+		/* pk is the forward key here (e is the reply entry). */
+		__u32 lt = idle_lifetime(pk);
+		__sync_fetch_and_and(&e->flags, ~XLB_CT_F_UNREPLIED);
+		if (!(e->flags & XLB_CT_F_CLOSING))
+			e->lifetime_s = lt;
+		if (peer) {
+			__sync_fetch_and_and(&peer->flags, ~XLB_CT_F_UNREPLIED);
+			if (!(peer->flags & XLB_CT_F_CLOSING))
+				peer->lifetime_s = lt;
+		}
+	}
 	if (!closing)
 		return;
 
@@ -142,6 +236,9 @@ static __always_inline bool ct_settled(const struct ct_entry *e, const struct pk
 	age += XLB_COARSE_SLACK_NS;
 	if ((__u64)age >= XLB_TOUCH_NS || (__u64)age > (__u64)e->lifetime_s * NSEC_PER_SEC)
 		return false;
+	/* A reply on an unreplied flow ends its short lifetime: ct_touch. */
+	if ((e->flags & (XLB_CT_F_REPLY | XLB_CT_F_UNREPLIED)) == (XLB_CT_F_REPLY | XLB_CT_F_UNREPLIED))
+		return false;
 	return !(p->t.proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FIN_ | TCP_RST_)));
 }
 
@@ -163,10 +260,92 @@ static __always_inline void ct_release(struct ct_entry *old)
 		__sync_fetch_and_add(act, -1);
 }
 
+/* ---------- new-flow budget ---------- */
+
 /*
- * ct_new handles a new flow up to the conntrack entries: allow-list, backend
- * selection, SNAT address/port, reply entry, forward entry (copied to *fe).
- * Returns 0 or XLB_DROP_* + 1.
+ * Per-CPU budget of conntrack insertions (xlb_cfg.new_flow_budget per CPU
+ * per second, a burst of one second's worth), as a GCRA: tat is the
+ * theoretical arrival time of the next insertion. Per CPU and never nested,
+ * so plain stores. Private to the C code.
+ */
+struct ct_budget {
+	__u64 tat;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct ct_budget));
+} xlb_ct_budget SEC(".maps");
+
+static __always_inline bool ct_budget_take(__u64 now)
+{
+	struct xlb_cfg *cfg = config();
+	if (!cfg || !cfg->new_flow_budget)
+		return true;
+	__u32 z = 0;
+	struct ct_budget *b = bpf_map_lookup_elem(&xlb_ct_budget, &z);
+	if (!b)
+		return true;
+	__u64 cost = NSEC_PER_SEC / cfg->new_flow_budget;
+	__u64 tat = b->tat;
+	if (tat < now)
+		tat = now;
+	if (tat + cost - now > NSEC_PER_SEC)
+		return false;
+	b->tat = tat + cost;
+	return true;
+}
+
+/* ct_new's result for a flow served without conntrack (not a drop). */
+#define XLB_CT_NEW_STATELESS (XLB_DROP_MAX + 1)
+
+/*
+ * A new flow beyond the budget: the backend by the flow hash over the
+ * selection table (for maglev the slot a stateful flow gets), DNAT only,
+ * nothing inserted; the replies are translated through rev_nat, so the
+ * backend must be in it for this very service (Go writes it when the
+ * backend serves exactly one default-mode service). Fills *fe.
+ */
+static __always_inline int ct_stateless(struct scratch *sc, const struct svc_info *s)
+{
+	struct pkt *p = &sc->p;
+	if (s->nat_mode != XLB_NAT_DEFAULT)
+		return XLB_DROP_CT_BUDGET + 1; /* the SNAT port needs state */
+	__u32 bid;
+	if (select_by_hash(s, &p->t, &bid))
+		return XLB_DROP_NO_BACKEND + 1;
+	struct backend *b = bpf_map_lookup_elem(&backends, &bid);
+	if (!b)
+		return XLB_DROP_NO_BACKEND + 1;
+	struct be_key *bk = &sc->bk;
+	__builtin_memset(bk, 0, sizeof(*bk));
+	addr_copy(bk->addr, b->addr);
+	bk->port = b->port;
+	bk->proto = p->t.proto;
+	bk->family = p->t.family;
+	struct svc_key *rv = bpf_map_lookup_elem(&rev_nat, bk);
+	if (!rv || !addr_eq(rv->vip, p->t.dst) || rv->port != p->t.dport)
+		return XLB_DROP_CT_BUDGET + 1;
+	struct ct_entry *fe = &sc->fe;
+	__builtin_memset(fe, 0, sizeof(*fe));
+	fe->svc_id = s->id;
+	fe->backend_id = bid;
+	fe->backend_gen = b->gen;
+	fe->flags = XLB_CT_F_REWRITE_DST;
+	addr_copy(fe->nat_dst, b->addr);
+	fe->nat_dport = b->port;
+	return XLB_CT_NEW_STATELESS;
+}
+
+/*
+ * ct_new handles a new flow up to the conntrack entries: allow-list, new-flow
+ * budget, backend selection, SNAT address/port, reply entry, forward entry
+ * (copied to *fe). Both entries start XLB_CT_F_UNREPLIED with the short
+ * syn_timeout lifetime; the backend's first reply gives them the service's
+ * idle lifetime (ct_touch). Returns 0, XLB_CT_NEW_STATELESS (budget spent:
+ * *fe holds the translation, nothing was inserted) or XLB_DROP_* + 1.
  */
 static __noinline int ct_new(void *ctx, struct scratch *sc, struct svc_info *s, __u64 now)
 {
@@ -176,6 +355,9 @@ static __noinline int ct_new(void *ctx, struct scratch *sc, struct svc_info *s, 
 	if ((s->flags & XLB_SVC_F_ALLOWLIST) && !allowed(s, &p->t))
 		return XLB_DROP_SRC_DENIED + 1;
 
+	if (!ct_budget_take(now))
+		return ct_stateless(sc, s);
+
 	__u32 bid;
 	if (select_backend(s, &p->t, now, &bid))
 		return XLB_DROP_NO_BACKEND + 1;
@@ -183,9 +365,7 @@ static __noinline int ct_new(void *ctx, struct scratch *sc, struct svc_info *s, 
 	if (!b)
 		return XLB_DROP_NO_BACKEND + 1;
 
-	__u32 lifetime = s->idle_timeout_s;
-	if (!lifetime)
-		lifetime = p->t.proto == IPPROTO_TCP_ ? XLB_DEFAULT_TCP_TIMEOUT : XLB_DEFAULT_UDP_TIMEOUT;
+	__u32 lifetime = syn_timeout();
 
 	struct ct_entry *fe = &sc->fe, *re = &sc->re;
 	struct ct_key *rk = &sc->rk;
@@ -196,12 +376,12 @@ static __noinline int ct_new(void *ctx, struct scratch *sc, struct svc_info *s, 
 	fe->svc_id = sid;
 	fe->backend_id = bid;
 	fe->backend_gen = b->gen;
-	fe->flags = XLB_CT_F_REWRITE_DST;
+	fe->flags = XLB_CT_F_REWRITE_DST | XLB_CT_F_UNREPLIED;
 	addr_copy(fe->nat_dst, b->addr);
 	fe->nat_dport = b->port;
 
 	__builtin_memcpy(re, fe, sizeof(*re));
-	re->flags = XLB_CT_F_REPLY | XLB_CT_F_REWRITE_SRC;
+	re->flags = XLB_CT_F_REPLY | XLB_CT_F_REWRITE_SRC | XLB_CT_F_UNREPLIED;
 	addr_copy(re->nat_src, p->t.dst); /* replies come from the VIP:port */
 	re->nat_sport = p->t.dport;
 	__builtin_memset(re->nat_dst, 0, sizeof(re->nat_dst));

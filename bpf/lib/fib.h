@@ -207,6 +207,35 @@ static __always_inline int forward(struct xctx *x, __u8 family, __u8 l4proto, co
 	return forward_tc(x->ctx, a);
 }
 
+/* Whether the kernel would deliver src -> dst locally (bpf_fib_lookup says
+ * "not forwarded"): packets of this host's own connections. False with
+ * XLB_CFG_F_NO_FIB (the tests' mode: no routing decisions at all). */
+static __noinline bool dst_is_local_(void *ctx, __u32 ifindex, __u8 family, const __be32 *src, const __be32 *dst)
+{
+	struct xlb_cfg *cfg = config();
+	if (cfg && (cfg->flags & XLB_CFG_F_NO_FIB))
+		return false;
+	__u32 z = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&xlb_scratch, &z);
+	if (!sc)
+		return true;
+	struct bpf_fib_lookup *fp = &sc->fib;
+	__builtin_memset(fp, 0, sizeof(*fp));
+	fp->family = family == XLB_AF_INET6 ? AF_INET6_ : AF_INET_;
+	fp->ifindex = ifindex;
+	if (family == XLB_AF_INET6) {
+		addr_copy((__be32 *)fp->ipv6_src, src);
+		addr_copy((__be32 *)fp->ipv6_dst, dst);
+	} else {
+		fp->ipv4_src = src[0];
+		fp->ipv4_dst = dst[0];
+	}
+	long rc = bpf_fib_lookup(ctx, fp, sizeof(*fp), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	return rc == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
+#define dst_is_local(x, family, src, dst) dst_is_local_((x)->ctx, (x)->ifindex, family, src, dst)
+
 /* Onearm: the address of the interface the kernel would use toward dst. */
 static __noinline int egress_addr(void *ctx, __u32 ifindex, __u8 family, const __be32 *dst, __be32 *out)
 {

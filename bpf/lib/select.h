@@ -199,6 +199,20 @@ static __noinline int select_backend(const struct svc_info *s, const struct ct_k
 	}
 }
 
+/* The flow hash's slot of the selection table, whatever the algorithm (for
+ * maglev exactly select_backend's choice): flows served without conntrack
+ * stay on one backend without state. */
+static __always_inline int select_by_hash(const struct svc_info *s, const struct ct_key *t, __u32 *out)
+{
+	__u32 sid = s->id;
+	void *tbl = bpf_map_lookup_elem(&sel_tables, &sid);
+	if (!tbl || s->sel_len == 0)
+		return -1;
+	struct xlb_cfg *cfg = config();
+	__u32 seed = cfg ? cfg->maglev_seed : 0;
+	return pick_slot(tbl, s, tuple_hash(t, seed) % s->sel_len, out);
+}
+
 static __always_inline bool allowed(const struct svc_info *s, const struct ct_key *t)
 {
 	struct allow_key k = {};

@@ -58,6 +58,8 @@ var (
 	descBeState     = prometheus.NewDesc("xlb_backend_state", "1 for the backend's current state.", []string{"service", "backend", "state"}, nil)
 	descCTEntries   = prometheus.NewDesc("xlb_conntrack_entries", "Entries in the conntrack map (two per flow).", nil, nil)
 	descCTCapacity  = prometheus.NewDesc("xlb_conntrack_capacity", "Capacity of the conntrack map in entries.", nil, nil)
+	descCTStateless = prometheus.NewDesc("xlb_conntrack_stateless_total", "New-flow packets served without conntrack because the per-CPU new-flow budget was spent.", nil, nil)
+	descCTRebuilt   = prometheus.NewDesc("xlb_conntrack_rebuilt_total", "Missing peer conntrack entries re-created from the remaining entry of their flow.", nil, nil)
 	descServices    = prometheus.NewDesc("xlb_services", "Services in the desired state.", nil, nil)
 	descGeneration  = prometheus.NewDesc("xlb_desired_generation", "Generation of the desired state.", nil, nil)
 	descReady       = prometheus.NewDesc("xlb_ready", "1 when the daemon is ready (state restored, datapath programmed, interfaces attached).", nil, nil)
@@ -73,7 +75,7 @@ type datapathCollector struct{ core Core }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSvcPackets, descSvcBytes, descSvcNewFlows, descSvcDrops, descSvcFlows, descSvcBackends,
-		descBePackets, descBeBytes, descBeNewFlows, descBeActive, descBeState, descCTEntries, descCTCapacity, descServices,
+		descBePackets, descBeBytes, descBeNewFlows, descBeActive, descBeState, descCTEntries, descCTCapacity, descCTStateless, descCTRebuilt, descServices,
 		descGeneration, descReady, descAttached, descReattaches, descL2Ready, descL2Reopens} {
 		ch <- d
 	}
@@ -91,6 +93,8 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descCTEntries, float64(st.ConntrackEntries))
 	gauge(descCTCapacity, float64(st.ConntrackCapacity))
+	counter(descCTStateless, st.ConntrackStateless)
+	counter(descCTRebuilt, st.ConntrackRebuilt)
 	gauge(descServices, float64(st.Services))
 	gauge(descGeneration, float64(st.Generation))
 	gauge(descReady, boolFloat(st.Ready))

@@ -37,7 +37,16 @@ type Config struct {
 	XDPGeneric     bool     `json:"xdpGeneric"`
 	BPFFSPath      string   `json:"bpffsPath"`
 	ConntrackFlows int      `json:"conntrackFlows"`
-	SNATAddresses  []string `json:"snatAddresses"`
+	// ConntrackSYNTimeout is the lifetime in seconds of a flow until the
+	// backend's first reply (a SYN flood from spoofed sources never gets
+	// one).
+	ConntrackSYNTimeout int `json:"conntrackSynTimeout"`
+	// ConntrackNewFlowBudget bounds conntrack insertions per CPU per
+	// second; beyond it new flows are served without conntrack (default
+	// mode) or dropped (fullnat/onearm). -1: derived from ConntrackFlows
+	// and ConntrackSYNTimeout (NewFlowBudget); 0: unlimited.
+	ConntrackNewFlowBudget int      `json:"conntrackNewFlowBudget"`
+	SNATAddresses          []string `json:"snatAddresses"`
 	// SNATPortRange is "MIN-MAX": the source ports of fullnat and onearm
 	// flows. xlbd reserves it in net.ipv4.ip_local_reserved_ports (see
 	// docs/xlbd.md) so that the host's own connections never use them.
@@ -56,14 +65,16 @@ type Config struct {
 // Defaults returns the configuration used when nothing is given.
 func Defaults() Config {
 	return Config{
-		APIListen:      "127.0.0.1:7470",
-		StateDir:       "/var/lib/xlbd",
-		Hook:           "tcx",
-		BPFFSPath:      "/sys/fs/bpf/xlb",
-		ConntrackFlows: 1_000_000,
-		SNATPortRange:  DefaultSNATPorts().String(),
-		LogLevel:       "info",
-		LogFormat:      "text",
+		APIListen:              "127.0.0.1:7470",
+		StateDir:               "/var/lib/xlbd",
+		Hook:                   "tcx",
+		BPFFSPath:              "/sys/fs/bpf/xlb",
+		ConntrackFlows:         1_000_000,
+		ConntrackSYNTimeout:    5,
+		ConntrackNewFlowBudget: -1,
+		SNATPortRange:          DefaultSNATPorts().String(),
+		LogLevel:               "info",
+		LogFormat:              "text",
 	}
 }
 
@@ -104,6 +115,8 @@ func bind(fs *flag.FlagSet, c *Config, configFile *string) {
 	fs.BoolVar(&c.XDPGeneric, "xdp-generic", c.XDPGeneric, "with --hook xdp, attach in generic (skb) mode")
 	fs.StringVar(&c.BPFFSPath, "bpffs-path", c.BPFFSPath, "bpffs directory where maps and links are pinned")
 	fs.IntVar(&c.ConntrackFlows, "conntrack-flows", c.ConntrackFlows, "number of tracked flows (two conntrack entries each)")
+	fs.IntVar(&c.ConntrackSYNTimeout, "conntrack-syn-timeout", c.ConntrackSYNTimeout, "seconds a flow lives until the backend's first reply (then the service's idle timeout)")
+	fs.IntVar(&c.ConntrackNewFlowBudget, "conntrack-new-flow-budget", c.ConntrackNewFlowBudget, "conntrack insertions per CPU per second; beyond it new flows are served without conntrack (default mode) or dropped (fullnat/onearm); -1: derived from --conntrack-flows and --conntrack-syn-timeout, 0: unlimited")
 	fs.Var(listFlag{&c.SNATAddresses}, "snat-addresses", "comma-separated default SNAT addresses for fullnat services (at most one per family)")
 	fs.StringVar(&c.SNATPortRange, "snat-port-range", c.SNATPortRange, "MIN-MAX source ports for fullnat/onearm flows; reserved in net.ipv4.ip_local_reserved_ports and must not overlap the ephemeral range unless that reservation succeeds")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
@@ -206,6 +219,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ConntrackFlows < 1024 || c.ConntrackFlows > 1<<27 {
 		return fmt.Errorf("--conntrack-flows %d: allowed 1024-%d", c.ConntrackFlows, 1<<27)
+	}
+	if c.ConntrackSYNTimeout < 1 || c.ConntrackSYNTimeout > 600 {
+		return fmt.Errorf("--conntrack-syn-timeout %d: allowed 1-600 (seconds)", c.ConntrackSYNTimeout)
+	}
+	if c.ConntrackNewFlowBudget < -1 || c.ConntrackNewFlowBudget > 1<<30 {
+		return fmt.Errorf("--conntrack-new-flow-budget %d: allowed -1 (derived from the table size), 0 (unlimited) or 1-%d (per CPU per second)", c.ConntrackNewFlowBudget, 1<<30)
 	}
 	if _, err := c.DefaultSNAT(); err != nil {
 		return err

@@ -21,7 +21,8 @@ func TestDefaults(t *testing.T) {
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("got %+v\nwant %+v", c, want)
 	}
-	if want.APIListen != "127.0.0.1:7470" || want.StateDir != "/var/lib/xlbd" || want.BPFFSPath != "/sys/fs/bpf/xlb" || want.ConntrackFlows != 1000000 || want.Hook != "tcx" {
+	if want.APIListen != "127.0.0.1:7470" || want.StateDir != "/var/lib/xlbd" || want.BPFFSPath != "/sys/fs/bpf/xlb" || want.ConntrackFlows != 1000000 || want.Hook != "tcx" ||
+		want.ConntrackSYNTimeout != 5 || want.ConntrackNewFlowBudget != -1 {
 		t.Fatalf("documented defaults changed: %+v", want)
 	}
 }
@@ -93,6 +94,8 @@ func TestValidation(t *testing.T) {
 		{[]string{"--interfaces=e", "--api-listen=0.0.0.0:7470"}, "refusing"},
 		{[]string{"--interfaces=e", "--api-listen=:7470"}, "refusing"},
 		{[]string{"--interfaces=e", "--conntrack-flows=0"}, "--conntrack-flows"},
+		{[]string{"--interfaces=e", "--conntrack-syn-timeout=0"}, "--conntrack-syn-timeout 0: allowed 1-600"},
+		{[]string{"--interfaces=e", "--conntrack-new-flow-budget=-2"}, "--conntrack-new-flow-budget -2: allowed -1"},
 		{[]string{"--interfaces=e", "--snat-addresses=1.2.3.4,5.6.7.8"}, "--snat-addresses"},
 		{[]string{"--interfaces=e", "--snat-addresses=nope"}, "--snat-addresses"},
 		{[]string{"--interfaces=e", "--log-level=trace"}, "--log-level"},

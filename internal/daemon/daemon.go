@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/xlb-dev/xlb/dataplane"
@@ -46,6 +47,8 @@ func OpenEBPF(ctx context.Context, cfg config.Config, log *slog.Logger) (Managed
 		XDPGeneric:         cfg.XDPGeneric,
 		Interfaces:         cfg.Interfaces,
 		ConntrackFlows:     cfg.ConntrackFlows,
+		SYNTimeout:         time.Duration(cfg.ConntrackSYNTimeout) * time.Second,
+		NewFlowBudget:      newFlowBudget(cfg),
 		PinPath:            cfg.BPFFSPath,
 		MaglevSeed:         cfg.MaglevSeed,
 		MaglevMinTableSize: cfg.MaglevMinTableSize,
@@ -59,6 +62,16 @@ func OpenEBPF(ctx context.Context, cfg config.Config, log *slog.Logger) (Managed
 		return nil, err
 	}
 	return dp, nil
+}
+
+// newFlowBudget is the configured per-CPU new-flow budget, or with -1 the
+// one derived from the table size and SYN lifetime so that a flood fills at
+// most about half of the conntrack table.
+func newFlowBudget(cfg config.Config) int {
+	if cfg.ConntrackNewFlowBudget >= 0 {
+		return cfg.ConntrackNewFlowBudget
+	}
+	return dataplane.DefaultNewFlowBudget(cfg.ConntrackFlows, time.Duration(cfg.ConntrackSYNTimeout)*time.Second, runtime.NumCPU())
 }
 
 // Options configure a Daemon.
