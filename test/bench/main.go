@@ -42,7 +42,7 @@ func main() {
 	flag.StringVar(&cfg.out, "out", "docs/benchmarks.md", "markdown report to write")
 	flag.DurationVar(&cfg.sample, "sample", 3*time.Second, "duration of one throughput sample")
 	flag.IntVar(&cfg.rounds, "rounds", 3, "interleaved rounds per comparison")
-	flag.StringVar(&sections, "sections", "micro,pps,tcp,http,health,bgp", "comma-separated sections to run: micro (ns/packet, apply time, memory), pps, tcp, http, health (dead-backend detection, prober CPU), bgp (VIP announce/withdraw at a BIRD router)")
+	flag.StringVar(&sections, "sections", "micro,pps,tcp,gro,http,health,bgp", "comma-separated sections to run: micro (ns/packet, apply time, memory), pps, tcp, gro (bulk TCP both ways with GRO on, every NAT mode, tcx and XDP, VIPs plumbed or not, vs plain routing), http, health (dead-backend detection, prober CPU), bgp (VIP announce/withdraw at a BIRD router)")
 	flag.IntVar(&cfg.services, "services", 10000, "services loaded for the micro benchmark")
 	flag.IntVar(&cfg.ctFlows, "ct-entries", 1000000, "conntrack entries pre-filled for the micro benchmark")
 	flag.IntVar(&cfg.healthKills, "health-kills", 20, "backend kills measured by the health section")
@@ -55,11 +55,11 @@ func main() {
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "micro", "pps", "tcp", "http", "health", "bgp":
+		case "micro", "pps", "tcp", "gro", "http", "health", "bgp":
 			cfg.sections[s] = true
 		case "":
 		default:
-			log.Fatalf("-sections: unknown %q (allowed micro, pps, tcp, http, health, bgp)", s)
+			log.Fatalf("-sections: unknown %q (allowed micro, pps, tcp, gro, http, health, bgp)", s)
 		}
 	}
 	for _, f := range []struct {
@@ -99,6 +99,7 @@ func main() {
 	run("micro", runMicro)
 	run("pps", runPPS)
 	run("tcp", runTCP)
+	run("gro", runGRO)
 	run("http", runHTTP)
 	run("health", runHealth)
 	run("bgp", runBGP)
