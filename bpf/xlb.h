@@ -53,6 +53,8 @@
 #define XLB_DROP_FRAGMENT       3 /* IP fragment addressed to a VIP */
 #define XLB_DROP_MALFORMED      4 /* truncated / inconsistent headers to a VIP */
 #define XLB_DROP_NO_IFADDR      5 /* onearm: egress interface has no address */
+#define XLB_DROP_MTU            6 /* translated packet longer than the egress MTU (per segment for GSO) */
+#define XLB_DROP_NO_ROUTE       7 /* translated packet not routable, and the kernel would drop it as a martian */
 #define XLB_DROP_MAX            8
 
 /* ct_entry.flags */
@@ -176,6 +178,9 @@ struct global_counters {
 	__u64 rev_nat;     /* reply translations */
 	__u64 icmp_nat;    /* ICMP errors translated */
 	__u64 ct_created;  /* conntrack entries created */
+	__u64 fib_frag_needed; /* translated packets dropped: longer than the egress MTU */
+	__u64 fib_dropped;     /* translated packets dropped: no route and a source the kernel rejects */
+	__u64 xdp_to_tc;       /* XDP: no neighbour entry, original packet handed to the tc companion */
 };
 
 /* config: ARRAY[1], written by Go at start and on change. */

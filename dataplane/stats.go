@@ -86,6 +86,9 @@ func (d *Dataplane) GlobalStats(ctx context.Context) (GlobalStats, error) {
 		g.ReplyNAT += c.RevNat
 		g.ICMPNAT += c.IcmpNat
 		g.ConntrackCreated += c.CtCreated
+		g.FIBFragNeeded += c.FibFragNeeded
+		g.FIBDropped += c.FibDropped
+		g.XDPToTC += c.XdpToTc
 	}
 	return g, ctx.Err()
 }

@@ -101,6 +101,8 @@ const (
 	DropFragment
 	DropMalformed
 	DropNoIfAddr
+	DropMTU     // translated packet longer than the egress MTU (per segment for GSO)
+	DropNoRoute // translated packet not routable and its source local: the kernel would drop it as a martian
 )
 
 // Counters are summed over CPUs.
@@ -177,6 +179,11 @@ type GlobalStats struct {
 	RX, Passed, Malformed, Fragments uint64
 	ForwardNAT, ReplyNAT, ICMPNAT    uint64
 	ConntrackCreated                 uint64
+	// Translated packets that could not be forwarded (bpf/README.md,
+	// "Forwarding after a rewrite"): dropped for the egress MTU, dropped
+	// as unroutable with a local source, and XDP packets handed over to
+	// the tc companion because no neighbour entry existed.
+	FIBFragNeeded, FIBDropped, XDPToTC uint64
 }
 
 // ConntrackUsage is the fill level of the conntrack map. Each flow uses two

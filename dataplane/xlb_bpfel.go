@@ -80,15 +80,18 @@ type xlbCtKey struct {
 }
 
 type xlbGlobalCounters struct {
-	_         structs.HostLayout
-	Rx        uint64
-	Passed    uint64
-	Malformed uint64
-	Fragments uint64
-	FwdNat    uint64
-	RevNat    uint64
-	IcmpNat   uint64
-	CtCreated uint64
+	_             structs.HostLayout
+	Rx            uint64
+	Passed        uint64
+	Malformed     uint64
+	Fragments     uint64
+	FwdNat        uint64
+	RevNat        uint64
+	IcmpNat       uint64
+	CtCreated     uint64
+	FibFragNeeded uint64
+	FibDropped    uint64
+	XdpToTc       uint64
 }
 
 type xlbIfAddr struct {
@@ -168,6 +171,7 @@ const (
 	xlbMapXlbScratch    = "xlb_scratch"
 	xlbProgXlbFloor     = "xlb_floor"
 	xlbProgXlbTc        = "xlb_tc"
+	xlbProgXlbTcXdp     = "xlb_tc_xdp"
 	xlbProgXlbXdp       = "xlb_xdp"
 )
 
@@ -215,6 +219,7 @@ type xlbSpecs struct {
 type xlbProgramSpecs struct {
 	XlbFloor *ebpf.ProgramSpec `ebpf:"xlb_floor"`
 	XlbTc    *ebpf.ProgramSpec `ebpf:"xlb_tc"`
+	XlbTcXdp *ebpf.ProgramSpec `ebpf:"xlb_tc_xdp"`
 	XlbXdp   *ebpf.ProgramSpec `ebpf:"xlb_xdp"`
 }
 
@@ -317,6 +322,7 @@ type xlbVariables struct {
 type xlbPrograms struct {
 	XlbFloor *ebpf.Program `ebpf:"xlb_floor"`
 	XlbTc    *ebpf.Program `ebpf:"xlb_tc"`
+	XlbTcXdp *ebpf.Program `ebpf:"xlb_tc_xdp"`
 	XlbXdp   *ebpf.Program `ebpf:"xlb_xdp"`
 }
 
@@ -324,6 +330,7 @@ func (p *xlbPrograms) Close() error {
 	return _XlbClose(
 		p.XlbFloor,
 		p.XlbTc,
+		p.XlbTcXdp,
 		p.XlbXdp,
 	)
 }
