@@ -47,6 +47,12 @@ const (
 	dropFragment      = 3
 	dropMalformed     = 4
 	dropNoIfAddr      = 5
+	dropMTU           = 6
+	dropNoRoute       = 7
+
+	// xlbMetaToTC is XLB_META_TO_TC: XDP's mark, in the metadata area, on a
+	// packet it hands over to its tc companion.
+	xlbMetaToTC = 0x786c6274
 
 	ctFReply      = 1 << 0
 	ctFRewriteSrc = 1 << 1
@@ -390,6 +396,9 @@ func (h *harness) global() xlbGlobalCounters {
 		g.RevNat += c.RevNat
 		g.IcmpNat += c.IcmpNat
 		g.CtCreated += c.CtCreated
+		g.FibFragNeeded += c.FibFragNeeded
+		g.FibDropped += c.FibDropped
+		g.XdpToTc += c.XdpToTc
 	}
 	return g
 }

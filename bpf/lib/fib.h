@@ -167,20 +167,22 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 	if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
 		return pass;
 	/* No route, blackhole, unreachable, prohibit, local or broadcast
-	 * destination, ...: the kernel may route the rewritten packet only if
-	 * it does not reject its source as a martian, i.e. the source is not
-	 * a local (or broadcast/multicast, or unroutable) address: onearm and
-	 * local-SNAT fullnat rewrite to a local source, and so do replies from
-	 * a plumbed VIP. A lookup toward the source tells (RTN_LOCAL and the
-	 * other non-unicast types, and "no route", are NOT_FWDED). Failure path
-	 * only: one more lookup. */
-	__builtin_memset(fp, 0, sizeof(*fp));
-	fib.family = family == XLB_AF_INET6 ? AF_INET6_ : AF_INET_;
-	fib.ifindex = x->ifindex;
+	 * destination, ...: the kernel may route (or deliver, or answer) the
+	 * rewritten packet only if it does not drop it as a martian. IPv4
+	 * input drops a packet whose source is a local address
+	 * (fib_validate_source): onearm and local-SNAT fullnat rewrite to a
+	 * local source, and so do replies from a plumbed VIP. A lookup toward
+	 * the source tells: a local (or broadcast/multicast, or unroutable)
+	 * address is NOT_FWDED. Such a packet is dropped and counted by the
+	 * caller. IPv6 has no such input check, and the same lookup toward a
+	 * local IPv6 address resolves its connected route (SUCCESS), so IPv6
+	 * is always left to the kernel. Failure path only: one more lookup. */
 	if (family == XLB_AF_INET6)
-		addr_copy((__be32 *)fib.ipv6_dst, src);
-	else
-		fib.ipv4_dst = src[0];
+		return pass;
+	__builtin_memset(fp, 0, sizeof(*fp));
+	fib.family = AF_INET_;
+	fib.ifindex = x->ifindex;
+	fib.ipv4_dst = src[0];
 	if (bpf_fib_lookup(x->ctx, fp, sizeof(*fp), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_NOT_FWDED)
 		return XV_FIB_NOROUTE;
 	return pass;

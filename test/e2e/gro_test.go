@@ -319,6 +319,16 @@ func TestOneArmEmptyNeighbour(t *testing.T) {
 				t.Fatalf("first connection through the onearm VIP with an empty neighbour table: %v", err)
 			}
 			t.Logf("first connection: %d bytes in %v", res.Done, res.Elapsed.Round(time.Millisecond))
+			g, err := e.dp.GlobalStats(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("xlb: XDP to tc %d, FIB drops %d (MTU) %d (no route)", g.XDPToTC, g.FIBFragNeeded, g.FIBDropped)
+			// XDP cannot resolve a neighbour: the first packets must have
+			// gone through the tc companion.
+			if hook == dataplane.HookXDP && g.XDPToTC == 0 {
+				t.Errorf("XDP handed no packet over to its tc companion, yet the neighbour table was empty")
+			}
 		})
 	}
 }
