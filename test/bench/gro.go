@@ -64,7 +64,7 @@ func runGRO(ctx context.Context, cfg config, rep *report) error {
 			for _, plumbed := range []bool{false, true} {
 				k := groKey(m.name, plumbed)
 				up, down := median(res[k+"|up"]), median(res[k+"|down"])
-				for _, r := range []float64{up / plainUp, down / plainDown} {
+				for _, r := range []float64{safeDiv(up, plainUp), safeDiv(down, plainDown)} {
 					if first || r < worst {
 						worst, first = r, false
 					}
@@ -173,10 +173,11 @@ func groHook(ctx context.Context, hook dataplane.Hook, secs, rounds int) (map[st
 func iperfDir(ctx context.Context, n *netns.NS, target netip.Addr, secs int, down bool) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs+15)*time.Second)
 	defer cancel()
-	args := []string{"-c", target.String(), "-p", "5201", "-t", strconv.Itoa(secs), "-J",
-		"--connect-timeout", "3000", "--rcv-timeout", "5000", "--snd-timeout", "5000"}
+	args := []string{"-c", target.String(), "-p", "5201", "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000"}
 	if down {
-		args = append(args, "-R")
+		args = append(args, "-R", "--rcv-timeout", "5000") // iperf3 accepts each only in its direction
+	} else {
+		args = append(args, "--snd-timeout", "5000")
 	}
 	out, err := n.Command(ctx, "iperf3", args...).Output()
 	var r struct {
@@ -200,4 +201,11 @@ func iperfDir(ctx context.Context, n *netns.NS, target netip.Addr, secs int, dow
 		return 0, fmt.Errorf("iperf3: %w", err)
 	}
 	return r.End.SumReceived.BitsPerSecond, nil
+}
+
+func safeDiv(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
 }

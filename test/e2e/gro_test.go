@@ -160,13 +160,18 @@ func TestGRO(t *testing.T) {
 			})
 			for i, m := range modes {
 				t.Run(m.name, func(t *testing.T) {
+					// Siblings, not parent and child, so that each name
+					// passes or fails on its own: up, up-plumbed, ...
 					for _, dir := range []netns.BulkDir{netns.BulkUp, netns.BulkDown} {
-						t.Run(dir.String(), func(t *testing.T) {
-							e.testBulk(t, netip.AddrPortFrom(groVIP(i, false), groVIPPort), dir, true)
-							t.Run("plumbed", func(t *testing.T) {
-								e.testBulk(t, netip.AddrPortFrom(groVIP(i, true), groVIPPort), dir, true)
+						for _, p := range []bool{false, true} {
+							name := dir.String()
+							if p {
+								name += "-plumbed"
+							}
+							t.Run(name, func(t *testing.T) {
+								e.testBulk(t, netip.AddrPortFrom(groVIP(i, p), groVIPPort), dir, true)
 							})
-						})
+						}
 					}
 				})
 			}
