@@ -31,12 +31,72 @@
 #include "lib/fib.h"
 #include "lib/icmp.h"
 
+/*
+ * A translated packet forward_body could not send (bpf/README.md,
+ * "Forwarding after a rewrite"): never hand the kernel a packet it drops
+ * as a martian.
+ *  - XV_FIB_MTU, XV_FIB_NOROUTE: drop, counted (global and on the service).
+ *  - XV_FIB_NO_NEIGH (XDP only): undo the rewrite and the counters of this
+ *    packet and pass the ORIGINAL packet marked for the tc companion
+ *    (xlb_tc_xdp), which finds the conntrack entry, translates it and
+ *    sends it with bpf_redirect_neigh (the kernel resolves the neighbour).
+ *    The packet is counted once, by tc; xdp_to_tc says how many went so.
+ * nsrc/ndst/nsport/ndport: what p was rewritten to (clobbered).
+ */
+static __always_inline int fwd_failed(struct xctx *x, struct pkt *p, const struct ct_entry *e, int r, __be32 *nsrc,
+				      __be16 nsport, __be32 *ndst, __be16 ndport)
+{
+	struct global_counters *g = gstats();
+	if (r == XV_FIB_MTU || r == XV_FIB_NOROUTE) {
+		if (g) {
+			if (r == XV_FIB_MTU)
+				g->fib_frag_needed++;
+			else
+				g->fib_dropped++;
+		}
+		svc_drop(e->svc_id, r == XV_FIB_MTU ? XLB_DROP_MTU : XLB_DROP_NO_ROUTE);
+		return XV_DROP;
+	}
+	/* XV_FIB_NO_NEIGH: swap p's tuple with the new one, rewrite back. */
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__be32 t = p->t.src[i];
+		p->t.src[i] = nsrc[i];
+		nsrc[i] = t;
+		t = p->t.dst[i];
+		p->t.dst[i] = ndst[i];
+		ndst[i] = t;
+	}
+	__be16 osport = p->t.sport, odport = p->t.dport;
+	p->t.sport = nsport;
+	p->t.dport = ndport;
+	if (rewrite_l4(x, p, nsrc, osport, ndst, odport)) {
+		GINC(malformed);
+		return XV_DROP;
+	}
+	bool reply = e->flags & XLB_CT_F_REPLY;
+	if (g) {
+		g->rx--;
+		if (reply)
+			g->rev_nat--;
+		else
+			g->fwd_nat--;
+		g->xdp_to_tc++;
+	}
+	if (!reply)
+		uncount_fwd(e, x->len);
+	xdp_mark_for_tc(x);
+	return XV_PASS;
+}
+
 /* Rewrite the packet with entry e, then forward it. */
 static __always_inline int apply_and_forward(struct xctx *x, struct pkt *p, const struct ct_entry *e, __u64 cnow)
 {
 	__be32 nsrc[4], ndst[4];
 	__be16 nsport, ndport;
 	ct_target(&p->t, e, nsrc, &nsport, ndst, &ndport);
+	/* Before the rewrite: a TCP header read for a GSO skb's MTU length. */
+	__u16 mtu_len = fib_len(x, p);
 	if (rewrite_l4(x, p, nsrc, nsport, ndst, ndport)) {
 		/* Only reachable on a helper failure after a partial write. */
 		GINC(malformed);
@@ -45,7 +105,10 @@ static __always_inline int apply_and_forward(struct xctx *x, struct pkt *p, cons
 	/* The fast path never sees fragments (x->fast is a constant). */
 	if (!x->fast && p->frag == XLB_PKT_FRAG_FIRST)
 		frag_record(p, e, nsrc, ndst);
-	return forward(x, p->t.family, p->t.proto, nsrc, ndst, p->l3len, cnow);
+	int r = forward(x, p->t.family, p->t.proto, nsrc, ndst, mtu_len, cnow);
+	if (r >= XV_FIB_MTU)
+		return fwd_failed(x, p, e, r, nsrc, nsport, ndst, ndport);
+	return r;
 }
 
 /* ---------- slow path ---------- */
@@ -282,6 +345,20 @@ static __noinline int slow_tc(struct __sk_buff *ctx, bool ct_miss)
 SEC("tc")
 int xlb_tc(struct __sk_buff *skb)
 {
+	int r = fast_tc(skb);
+	if (r == XV_SLOW || r == XV_NEW)
+		r = slow_tc(skb, r == XV_NEW);
+	return xv_ret(false, r);
+}
+
+/* The tc companion of xlb_xdp (attached with it at tcx ingress): only the
+ * packets xlb_xdp handed over because XDP cannot resolve a neighbour; every
+ * other packet goes on untouched and uncounted (xlb_xdp counted it). */
+SEC("tc")
+int xlb_tc_xdp(struct __sk_buff *skb)
+{
+	if (!tc_marked_by_xdp(skb))
+		return xv_ret(false, XV_PASS);
 	int r = fast_tc(skb);
 	if (r == XV_SLOW || r == XV_NEW)
 		r = slow_tc(skb, r == XV_NEW);

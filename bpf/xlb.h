@@ -54,8 +54,10 @@
 				   * later fragment has no ports to find its service (global frag_dropped) */
 #define XLB_DROP_MALFORMED      4 /* truncated / inconsistent headers to a VIP */
 #define XLB_DROP_NO_IFADDR      5 /* onearm: egress interface has no address */
-#define XLB_DROP_CT_BUDGET      6 /* new-flow budget spent and the mode needs state (fullnat/onearm) */
-#define XLB_DROP_MAX            8
+#define XLB_DROP_MTU            6 /* translated packet longer than the egress MTU (per segment for GSO) */
+#define XLB_DROP_NO_ROUTE       7 /* translated packet not routable, and the kernel would drop it as a martian */
+#define XLB_DROP_CT_BUDGET      8 /* new-flow budget spent and the mode needs state (fullnat/onearm) */
+#define XLB_DROP_MAX            16 /* svc_counters.drops size: room for new reasons */
 
 /* ct_entry.flags */
 #define XLB_CT_F_REPLY      (1u << 0) /* entry translates backend→client replies */
@@ -184,6 +186,9 @@ struct global_counters {
 	__u64 stateless;   /* new-flow packets served without conntrack (budget spent) */
 	__u64 ct_rebuilt;  /* missing peer entries rebuilt from the remaining one */
 	__u64 rev_nat_map; /* replies without conntrack translated through rev_nat */
+	__u64 fib_frag_needed; /* translated packets dropped: longer than the egress MTU */
+	__u64 fib_dropped;     /* translated packets dropped: no route and a source the kernel rejects */
+	__u64 xdp_to_tc;       /* XDP: no neighbour entry, original packet handed to the tc companion */
 };
 
 /* config: ARRAY[1], written by Go at start and on change. */

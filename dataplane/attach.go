@@ -29,7 +29,17 @@ type attachment struct {
 	// process; every one after the first is a re-attach (the interface
 	// came back, changed index, or an earlier attempt failed).
 	attaches uint64
+	// tc is the XDP hook's tc companion (xlb_tc_xdp at tcx ingress of the
+	// same interface): XDP cannot resolve a neighbour, so it hands such
+	// packets, untranslated and marked, to this program, which sends them
+	// with bpf_redirect_neigh (bpf/README.md, "Forwarding after a rewrite").
+	// nil for tcx, or when it could not be attached (logged).
+	tc link.Link
 }
+
+// hookXDPTC names the pin of an XDP attachment's tc companion
+// (<ifname>-xdptc next to <ifname>-xdp).
+const hookXDPTC Hook = "xdptc"
 
 func (d *Dataplane) linkPinPath(ifname string, hook Hook) string {
 	return filepath.Join(d.cfg.PinPath, "links", ifname+"-"+string(hook))
@@ -65,6 +75,11 @@ func (d *Dataplane) Attach(ctx context.Context, ifname string) error {
 		}
 		if old.link == nil {
 			return fmt.Errorf("attach %s to %s: %w", hook, ifname, old.err)
+		}
+		if hook == HookXDP && old.tc == nil {
+			// Adopted from a version without the companion, or its
+			// attach failed before: try again.
+			d.attachCompanion(old)
 		}
 		return nil
 	}
@@ -129,22 +144,51 @@ func (d *Dataplane) attach(a *attachment) error {
 	if err != nil {
 		return err
 	}
-	if d.cfg.PinPath != "" {
-		path := d.linkPinPath(a.name, a.hook)
-		// A pin left by an interface that was deleted and re-created is
-		// stale: replace it.
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			l.Close()
-			return fmt.Errorf("remove stale link pin: %w", err)
-		}
-		if err := l.Pin(path); err != nil {
-			l.Close()
-			return fmt.Errorf("pin link: %w", err)
-		}
+	if err := d.pinLink(l, a.name, a.hook); err != nil {
+		l.Close()
+		return err
 	}
 	a.link = l
 	a.attaches++
+	if a.hook == HookXDP {
+		d.attachCompanion(a)
+	}
 	return nil
+}
+
+// pinLink pins l as the link of hook on ifname (when pinning is on).
+func (d *Dataplane) pinLink(l link.Link, ifname string, hook Hook) error {
+	if d.cfg.PinPath == "" {
+		return nil
+	}
+	path := d.linkPinPath(ifname, hook)
+	// A pin left by an interface that was deleted and re-created is
+	// stale: replace it.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale link pin: %w", err)
+	}
+	if err := l.Pin(path); err != nil {
+		return fmt.Errorf("pin link: %w", err)
+	}
+	return nil
+}
+
+// attachCompanion attaches the XDP attachment a's tc companion. A failure
+// is logged, not returned: XDP works without it except for packets toward
+// a neighbour not yet resolved (they are passed untranslated and retried).
+func (d *Dataplane) attachCompanion(a *attachment) {
+	l, err := link.AttachTCX(link.TCXOptions{Program: d.objs.XlbTcXdp, Interface: a.ifindex, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+	if err == nil {
+		if err = d.pinLink(l, a.name, hookXDPTC); err != nil {
+			l.Close()
+		}
+	}
+	if err != nil {
+		d.log.Warn("attach the XDP hook's tc companion (packets toward unresolved neighbours will be retried by their senders)",
+			"interface", a.name, "err", err)
+		return
+	}
+	a.tc = l
 }
 
 // Detach removes the datapath from ifname (only xlb's own link; other
@@ -161,10 +205,14 @@ func (d *Dataplane) Detach(ctx context.Context, ifname string) error {
 }
 
 func (d *Dataplane) release(a *attachment) error {
-	if a.link == nil {
-		return nil
-	}
 	var errs []error
+	if a.tc != nil {
+		errs = append(errs, d.releaseLink(a.tc, a.name, hookXDPTC))
+		a.tc = nil
+	}
+	if a.link == nil {
+		return errors.Join(errs...)
+	}
 	if err := a.link.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.ENOLINK) {
 		errs = append(errs, fmt.Errorf("detach %s from %s: %w", a.hook, a.name, err))
 	}
@@ -175,6 +223,21 @@ func (d *Dataplane) release(a *attachment) error {
 	}
 	errs = append(errs, a.link.Close())
 	a.link = nil
+	return errors.Join(errs...)
+}
+
+// releaseLink detaches, unpins and closes a companion link.
+func (d *Dataplane) releaseLink(l link.Link, ifname string, hook Hook) error {
+	var errs []error
+	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.ENOLINK) {
+		errs = append(errs, fmt.Errorf("detach %s from %s: %w", hook, ifname, err))
+	}
+	if d.cfg.PinPath != "" {
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s link of %s: %w", hook, ifname, err))
+		}
+	}
+	errs = append(errs, l.Close())
 	return errors.Join(errs...)
 }
 
@@ -218,12 +281,17 @@ func (d *Dataplane) adoptLinks(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read link pins: %w", err)
 	}
+	var companions []string
 	for _, e := range entries {
 		i := strings.LastIndexByte(e.Name(), '-')
 		if i <= 0 {
 			continue
 		}
 		ifname, hook := e.Name()[:i], Hook(e.Name()[i+1:])
+		if hook == hookXDPTC {
+			companions = append(companions, ifname)
+			continue
+		}
 		if hook != HookTCX && hook != HookXDP {
 			continue
 		}
@@ -259,7 +327,48 @@ func (d *Dataplane) adoptLinks(ctx context.Context) error {
 		d.links[ifname] = a
 		d.log.Info("adopted pinned link", "interface", ifname, "hook", hook)
 	}
+	for _, ifname := range companions {
+		d.adoptCompanion(ifname)
+	}
 	return d.refreshIfAddrs(ctx)
+}
+
+// adoptCompanion re-opens the pinned tc companion of ifname's XDP link and
+// swaps the new program into it; a companion without its XDP link, or on
+// another interface, is removed (Attach makes a new one).
+func (d *Dataplane) adoptCompanion(ifname string) {
+	path := d.linkPinPath(ifname, hookXDPTC)
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		d.log.Warn("dropping unreadable link pin", "path", path, "err", err)
+		os.Remove(path)
+		return
+	}
+	a := d.links[ifname]
+	err = errors.New("no XDP link on the interface")
+	if a != nil && a.hook == HookXDP && a.tc == nil {
+		err = nil
+		info, ierr := l.Info()
+		switch {
+		case ierr != nil:
+			err = ierr
+		case info.TCX() == nil:
+			err = errors.New("pinned link is not a tcx link")
+		case int(info.TCX().Ifindex) != a.ifindex:
+			err = fmt.Errorf("link is on ifindex %d, %s is %d", info.TCX().Ifindex, ifname, a.ifindex)
+		default:
+			err = l.Update(d.objs.XlbTcXdp)
+		}
+	}
+	if err != nil {
+		d.log.Warn("dropping stale link pin", "path", path, "err", err)
+		if derr := d.releaseLink(l, ifname, hookXDPTC); derr != nil {
+			d.log.Warn("release stale companion link", "path", path, "err", derr)
+		}
+		return
+	}
+	a.tc = l
+	d.log.Info("adopted pinned link", "interface", ifname, "hook", hookXDPTC)
 }
 
 func (d *Dataplane) checkAdopted(a *attachment) error {

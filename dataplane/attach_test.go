@@ -147,6 +147,7 @@ func TestAttachXDP(t *testing.T) {
 	veth, _ := inTestNetns(t)
 	cfg := smallConfig()
 	cfg.Hook = HookXDP
+	cfg.PinPath = bpffsDir(t)
 	d := newDP(t, cfg)
 	ctx := t.Context()
 	nl, _ := netlink.LinkByName(veth)
@@ -168,12 +169,38 @@ func TestAttachXDP(t *testing.T) {
 	if st := d.Interfaces(); len(st) != 1 || st[0].Mode != "xdp-native" {
 		t.Errorf("Interfaces = %+v", st)
 	}
-	if err := d.Detach(ctx, veth); err != nil {
+	// The tc companion (packets XDP hands over for neighbour resolution).
+	if ids := tcxPrograms(t, veth); len(ids) != 1 || ids[0] != progID(t, d.objs.XlbTcXdp) {
+		t.Fatalf("tcx chain with the XDP hook = %v, want [xlb_tc_xdp %d]", ids, progID(t, d.objs.XlbTcXdp))
+	}
+
+	// Restart: both pinned links are adopted and get the new programs.
+	d.Close()
+	d2 := newDP(t, cfg)
+	t.Cleanup(func() { d2.Destroy(ctx) })
+	nl, _ = netlink.LinkByName(veth)
+	if x := nl.Attrs().Xdp; x == nil || !x.Attached || x.ProgId != uint32(progID(t, d2.objs.XlbXdp)) {
+		t.Fatalf("after restart XDP = %+v, want the new program", x)
+	}
+	if ids := tcxPrograms(t, veth); len(ids) != 1 || ids[0] != progID(t, d2.objs.XlbTcXdp) {
+		t.Fatalf("after restart tcx chain = %v, want [new xlb_tc_xdp]", ids)
+	}
+	if err := d2.Attach(ctx, veth); err != nil {
+		t.Fatalf("Attach after restart: %v", err)
+	}
+	if ids := tcxPrograms(t, veth); len(ids) != 1 {
+		t.Fatalf("Attach after restart: tcx chain = %v, want one companion", ids)
+	}
+
+	if err := d2.Detach(ctx, veth); err != nil {
 		t.Fatal(err)
 	}
 	nl, _ = netlink.LinkByName(veth)
 	if x := nl.Attrs().Xdp; x != nil && x.Attached {
 		t.Errorf("XDP still attached after Detach: %+v", x)
+	}
+	if ids := tcxPrograms(t, veth); len(ids) != 0 {
+		t.Errorf("tcx chain after Detach = %v, want empty", ids)
 	}
 }
 

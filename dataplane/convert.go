@@ -110,7 +110,7 @@ var natCodes = map[NATMode]uint8{NATDefault: natCodeDefault, NATFullNAT: natCode
 var algoCodes = map[Algorithm]uint8{AlgoRR: algoCodeRR, AlgoRandom: algoCodeRandom, AlgoMaglev: algoCodeMaglev, AlgoPersist: algoCodePersist, AlgoLC: algoCodeLC}
 
 // dropNames are the names of svc_counters.drops indexes (XLB_DROP_*).
-var dropNames = [...]string{"no_backend", "src_denied", "snat_exhausted", "fragment", "malformed", "no_ifaddr", "ct_budget"}
+var dropNames = [...]string{"no_backend", "src_denied", "snat_exhausted", "fragment", "malformed", "no_ifaddr", "mtu", "no_route", "ct_budget"}
 
 // String returns the stable name of a drop reason.
 func (r DropReason) String() string {

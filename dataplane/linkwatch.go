@@ -82,6 +82,10 @@ func (d *Dataplane) reconcileOne(a *attachment) {
 	}
 	if a.link != nil && idx != 0 && idx == a.ifindex && linkAlive(a) == nil {
 		a.err = nil
+		if a.hook == HookXDP && a.tc == nil {
+			// The XDP hook's tc companion failed to attach earlier: retry.
+			d.attachCompanion(a)
+		}
 		return
 	}
 	if a.link != nil {

@@ -47,7 +47,13 @@ const (
 	dropFragment      = 3
 	dropMalformed     = 4
 	dropNoIfAddr      = 5
-	dropCTBudget      = 6
+	dropMTU           = 6
+	dropNoRoute       = 7
+	dropCTBudget      = 8
+
+	// xlbMetaToTC is XLB_META_TO_TC: XDP's mark, in the metadata area, on a
+	// packet it hands over to its tc companion.
+	xlbMetaToTC = 0x786c6274
 
 	ctFReply      = 1 << 0
 	ctFRewriteSrc = 1 << 1
@@ -398,6 +404,9 @@ func (h *harness) global() xlbGlobalCounters {
 		g.Stateless += c.Stateless
 		g.CtRebuilt += c.CtRebuilt
 		g.RevNatMap += c.RevNatMap
+		g.FibFragNeeded += c.FibFragNeeded
+		g.FibDropped += c.FibDropped
+		g.XdpToTc += c.XdpToTc
 	}
 	return g
 }

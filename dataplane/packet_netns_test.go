@@ -5,6 +5,7 @@ package dataplane
 // because the test run uses the calling thread's namespace.
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"os"
@@ -175,7 +176,8 @@ func TestPacketOneArm(t *testing.T) {
 // TestPacketRedirect: with routing in BPF (the default), a rewritten packet
 // whose next hop is resolved leaves through XDP_REDIRECT / bpf_redirect with
 // the MACs of the egress interface and the neighbour; without a neighbour
-// XDP passes it to the kernel and TC uses bpf_redirect_neigh.
+// TC uses bpf_redirect_neigh and XDP passes the original packet, marked for
+// its tc companion.
 func TestPacketRedirect(t *testing.T) {
 	h := newHarness(t)
 	h.setConfig(xlbXlbCfg{})
@@ -207,6 +209,19 @@ func TestPacketRedirect(t *testing.T) {
 			}
 			if ret != want {
 				t.Fatalf("%s no neighbour: verdict %d, want %d", p.name, ret, want)
+			}
+			if p.xdp {
+				// XDP cannot resolve a neighbour: the ORIGINAL packet is
+				// passed with the hand-over mark in its metadata (the test
+				// run returns the metadata in front of the frame), for the
+				// tc companion.
+				g := h.global()
+				before := g.XdpToTc
+				sameBytes(t, "xdp no neighbour", out, append(binary.LittleEndian.AppendUint32(nil, xlbMetaToTC), in...))
+				if before == 0 {
+					t.Errorf("xdp no neighbour: xdp_to_tc not counted")
+				}
+				continue
 			}
 			sameBytes(t, p.name+" no neighbour", out, build(t, pktSpec{src: f.client, dst: f.be2, proto: protoUDP}))
 		}

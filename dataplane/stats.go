@@ -91,6 +91,9 @@ func (d *Dataplane) GlobalStats(ctx context.Context) (GlobalStats, error) {
 		g.Stateless += c.Stateless
 		g.ConntrackRebuilt += c.CtRebuilt
 		g.ReplyNATMap += c.RevNatMap
+		g.FIBFragNeeded += c.FibFragNeeded
+		g.FIBDropped += c.FibDropped
+		g.XDPToTC += c.XdpToTc
 	}
 	return g, ctx.Err()
 }

@@ -107,6 +107,8 @@ const (
 	DropFragment
 	DropMalformed
 	DropNoIfAddr
+	DropMTU     // translated packet longer than the egress MTU (per segment for GSO)
+	DropNoRoute // translated packet not routable and its source local: the kernel would drop it as a martian
 )
 
 // Counters are summed over CPUs.
@@ -199,6 +201,11 @@ type GlobalStats struct {
 	// re-created from the remaining one; ReplyNATMap replies without
 	// conntrack translated through rev_nat (also counted in ReplyNAT).
 	Stateless, ConntrackRebuilt, ReplyNATMap uint64
+	// Translated packets that could not be forwarded (bpf/README.md,
+	// "Forwarding after a rewrite"): dropped for the egress MTU, dropped
+	// as unroutable with a local source, and XDP packets handed over to
+	// the tc companion because no neighbour entry existed.
+	FIBFragNeeded, FIBDropped, XDPToTC uint64
 }
 
 // ConntrackUsage is the fill level of the conntrack map. Each flow uses two

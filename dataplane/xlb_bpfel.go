@@ -88,20 +88,23 @@ type xlbCtKey struct {
 }
 
 type xlbGlobalCounters struct {
-	_           structs.HostLayout
-	Rx          uint64
-	Passed      uint64
-	Malformed   uint64
-	Fragments   uint64
-	FwdNat      uint64
-	RevNat      uint64
-	IcmpNat     uint64
-	CtCreated   uint64
-	FragNat     uint64
-	FragDropped uint64
-	Stateless   uint64
-	CtRebuilt   uint64
-	RevNatMap   uint64
+	_             structs.HostLayout
+	Rx            uint64
+	Passed        uint64
+	Malformed     uint64
+	Fragments     uint64
+	FwdNat        uint64
+	RevNat        uint64
+	IcmpNat       uint64
+	CtCreated     uint64
+	FragNat       uint64
+	FragDropped   uint64
+	Stateless     uint64
+	CtRebuilt     uint64
+	RevNatMap     uint64
+	FibFragNeeded uint64
+	FibDropped    uint64
+	XdpToTc       uint64
 }
 
 type xlbIfAddr struct {
@@ -116,7 +119,7 @@ type xlbSvcCounters struct {
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
-	Drops    [8]uint64
+	Drops    [16]uint64
 }
 
 type xlbSvcInfo struct {
@@ -186,6 +189,7 @@ const (
 	xlbMapXlbScratch    = "xlb_scratch"
 	xlbProgXlbFloor     = "xlb_floor"
 	xlbProgXlbTc        = "xlb_tc"
+	xlbProgXlbTcXdp     = "xlb_tc_xdp"
 	xlbProgXlbXdp       = "xlb_xdp"
 )
 
@@ -233,6 +237,7 @@ type xlbSpecs struct {
 type xlbProgramSpecs struct {
 	XlbFloor *ebpf.ProgramSpec `ebpf:"xlb_floor"`
 	XlbTc    *ebpf.ProgramSpec `ebpf:"xlb_tc"`
+	XlbTcXdp *ebpf.ProgramSpec `ebpf:"xlb_tc_xdp"`
 	XlbXdp   *ebpf.ProgramSpec `ebpf:"xlb_xdp"`
 }
 
@@ -344,6 +349,7 @@ type xlbVariables struct {
 type xlbPrograms struct {
 	XlbFloor *ebpf.Program `ebpf:"xlb_floor"`
 	XlbTc    *ebpf.Program `ebpf:"xlb_tc"`
+	XlbTcXdp *ebpf.Program `ebpf:"xlb_tc_xdp"`
 	XlbXdp   *ebpf.Program `ebpf:"xlb_xdp"`
 }
 
@@ -351,6 +357,7 @@ func (p *xlbPrograms) Close() error {
 	return _XlbClose(
 		p.XlbFloor,
 		p.XlbTc,
+		p.XlbTcXdp,
 		p.XlbXdp,
 	)
 }

@@ -57,7 +57,7 @@ struct fwd_args {
 	__u64 cnow; /* bpf_ktime_get_coarse_ns() of this packet (FIB cache) */
 	__be32 src[4];
 	__be32 dst[4];
-	__u16 l3len;
+	__u16 l3len; /* for the MTU check: L3 length, per segment for GSO (fib_len) */
 	__u8 family;
 	__u8 l4proto;
 };

@@ -52,4 +52,21 @@ static __always_inline void count_fwd(const struct ct_entry *e, __u32 len, bool 
 	count_fwd_ids(e->svc_id, e->backend_id, len, new_flow);
 }
 
+/* Take back count_fwd(e, len, false) (XDP hands the packet over to tc,
+ * which counts it). */
+static __always_inline void uncount_fwd(const struct ct_entry *e, __u32 len)
+{
+	__u32 sid = e->svc_id, bid = e->backend_id;
+	struct svc_counters *sc = bpf_map_lookup_elem(&svc_stats, &sid);
+	if (sc) {
+		sc->packets--;
+		sc->bytes -= len;
+	}
+	struct backend_counters *bc = bpf_map_lookup_elem(&backend_stats, &bid);
+	if (bc) {
+		bc->packets--;
+		bc->bytes -= len;
+	}
+}
+
 #endif /* XLB_LIB_COUNTERS_H */

@@ -24,6 +24,11 @@ enum xv {
 	XV_SLOW = 6,     /* fast path: not handled, no side effect yet: run the full pipeline */
 	XV_NEW = 7,      /* fast path: conntrack miss and a service: the full pipeline, new flow */
 	XV_FRAG = 8,     /* parser: a fragment without L4 header (p: addresses, proto, frag_id) */
+	/* forward_body's failures, judged by its caller (fib_failed, lib/fib.h),
+	 * which knows the entry and the original packet: never leave the pipeline. */
+	XV_FIB_MTU = 9,      /* FRAG_NEEDED: longer than the egress MTU (per segment for GSO) */
+	XV_FIB_NOROUTE = 10, /* no route, blackhole, unreachable, prohibit, ...: see fib_failed */
+	XV_FIB_NO_NEIGH = 11, /* XDP only: no neighbour entry (XDP cannot resolve it) */
 };
 
 /*
@@ -43,6 +48,7 @@ struct xctx {
 	__u32 ifindex; /* ingress ifindex */
 	bool xdp;      /* program type (a compile-time constant per instantiation) */
 	bool fast;     /* the fast path: direct packet access in tc too, inline forwarding */
+	__u32 gso_size; /* tc: skb->gso_size (payload per segment of a GRO/GSO skb, 0 if none); XDP: 0 */
 };
 
 /*
@@ -53,11 +59,13 @@ struct xctx {
  * XCTX_*_FAST is the fast path's context: the same stage helpers, but tc
  * packets are read and written through skb->data/data_end (only the linear
  * part: anything beyond makes the fast path hand over to the slow path).
+ * gso_size is read here only: XDP frames are never GRO-merged (GRO runs
+ * after XDP), a tc skb may be, and its MTU check is then per segment.
  */
 #define XCTX_XDP(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true }
-#define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false }
+#define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .gso_size = (c)->gso_size }
 #define XCTX_XDP_FAST(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true, .fast = true }
-#define XCTX_TC_FAST(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .fast = true }
+#define XCTX_TC_FAST(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .fast = true, .gso_size = (c)->gso_size }
 
 /* ---------- packet access ---------- */
 
@@ -189,6 +197,37 @@ static __always_inline int xv_redirect(bool xdp, long rc)
 	if (rc == (xdp ? XDP_REDIRECT : TC_ACT_REDIRECT))
 		return XV_REDIRECT;
 	return XV_DROP;
+}
+
+/*
+ * XDP -> tc hand-over (XDP cannot resolve a neighbour): the XDP program
+ * passes the original packet with this word in the metadata area, and the
+ * companion tc program (xlb_tc_xdp) processes only packets that carry it.
+ */
+#define XLB_META_TO_TC 0x786c6274u /* "xlbt" */
+
+static __always_inline bool xdp_mark_for_tc(struct xctx *x)
+{
+	if (!x->xdp)
+		return false;
+	struct xdp_md *m = x->ctx;
+	if (bpf_xdp_adjust_meta(m, -(int)sizeof(__u32)))
+		return false;
+	void *meta = (void *)(long)m->data_meta;
+	void *data = (void *)(long)m->data;
+	if (meta + sizeof(__u32) > data)
+		return false;
+	*(__u32 *)meta = XLB_META_TO_TC;
+	return true;
+}
+
+static __always_inline bool tc_marked_by_xdp(struct __sk_buff *skb)
+{
+	void *meta = (void *)(long)skb->data_meta;
+	void *data = (void *)(long)skb->data;
+	if (meta + sizeof(__u32) > data)
+		return false;
+	return *(__u32 *)meta == XLB_META_TO_TC;
 }
 
 /* Verdict -> program return code (entry points only). */

@@ -97,8 +97,10 @@ static __always_inline void fib_slot_fill(struct fib_slot *fs, __u64 cnow, __u32
 /* ---------- forwarding ---------- */
 
 /* After a rewrite: route the packet ourselves (fib lookup + redirect) or let
- * the kernel do it. Returns a verdict (XV_*). TTL/hop limit is not
- * decremented (the LB is a translator, like IPVS/Katran). */
+ * the kernel do it. Returns a verdict (XV_*), or XV_FIB_* for the caller to
+ * judge (it knows the entry and the original packet). a->l3len is the MTU
+ * check's length (fib_len). TTL/hop limit is not decremented (the LB is a
+ * translator, like IPVS/Katran). */
 static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a)
 {
 	__u8 family = a->family;
@@ -149,11 +151,40 @@ static __always_inline int forward_body(struct xctx *x, const struct fwd_args *a
 		__builtin_memcpy((__u8 *)l2 + 6, fib.smac, 6);
 		goto redirect;
 	}
-	if (!x->xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		/* Let the kernel resolve the neighbour and fill L2. */
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* tc: let the kernel resolve the neighbour and fill L2. XDP
+		 * cannot: the caller hands the packet to the tc companion. */
+		if (x->xdp)
+			return XV_FIB_NO_NEIGH;
 		return xv_redirect(x->xdp, bpf_redirect_neigh(fib.ifindex, NULL, 0, 0));
-	/* No route, forwarding disabled, MTU exceeded (the kernel sends the
-	 * ICMP error), ...: the kernel routes the already-rewritten packet. */
+	}
+	/* Longer than the egress MTU (a GSO skb is checked per segment, see
+	 * fib_len): xlb does not fragment; the caller drops it visibly. */
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return XV_FIB_MTU;
+	/* Forwarding disabled on the ingress device: the kernel will not
+	 * forward either, but may deliver locally (a local backend). */
+	if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
+		return pass;
+	/* No route, blackhole, unreachable, prohibit, local or broadcast
+	 * destination, ...: the kernel may route (or deliver, or answer) the
+	 * rewritten packet only if it does not drop it as a martian. IPv4
+	 * input drops a packet whose source is a local address
+	 * (fib_validate_source): onearm and local-SNAT fullnat rewrite to a
+	 * local source, and so do replies from a plumbed VIP. A lookup toward
+	 * the source tells: a local (or broadcast/multicast, or unroutable)
+	 * address is NOT_FWDED. Such a packet is dropped and counted by the
+	 * caller. IPv6 has no such input check, and the same lookup toward a
+	 * local IPv6 address resolves its connected route (SUCCESS), so IPv6
+	 * is always left to the kernel. Failure path only: one more lookup. */
+	if (family == XLB_AF_INET6)
+		return pass;
+	__builtin_memset(fp, 0, sizeof(*fp));
+	fib.family = AF_INET_;
+	fib.ifindex = x->ifindex;
+	fib.ipv4_dst = src[0];
+	if (bpf_fib_lookup(x->ctx, fp, sizeof(*fp), BPF_FIB_LOOKUP_SKIP_NEIGH) == BPF_FIB_LKUP_RET_NOT_FWDED)
+		return XV_FIB_NOROUTE;
 	return pass;
 #undef fib
 redirect:
@@ -174,6 +205,27 @@ static __noinline int forward_tc(struct __sk_buff *ctx, const struct fwd_args *a
 {
 	struct xctx x = XCTX_TC(ctx);
 	return forward_body(&x, a);
+}
+
+/*
+ * The length the FIB's MTU check is about: the L3 length, or for a GSO skb
+ * (tc: GRO-merged at the ingress, far longer than the MTU) the L3 length of
+ * one of the segments it will be cut into on the egress: L3 + L4 headers +
+ * gso_size. XDP frames are never GSO (x->gso_size is 0, folded away).
+ */
+static __always_inline __u16 fib_len(struct xctx *x, const struct pkt *p)
+{
+	if (!x->gso_size)
+		return p->l3len;
+	__u32 hl = p->l4off - ETH_HLEN_ + 8; /* UDP */
+	if (p->t.proto == IPPROTO_TCP_) {
+		__u8 doff;
+		if (ld(x, p->l4off + 12, &doff, 1))
+			return p->l3len;
+		hl = p->l4off - ETH_HLEN_ + (doff >> 4) * 4;
+	}
+	__u32 n = hl + x->gso_size;
+	return n < p->l3len ? n : p->l3len;
 }
 
 /* Forward a rewritten packet whose addresses are now src -> dst. The fast

@@ -129,7 +129,18 @@ static __always_inline int frag_follow(struct xctx *x, struct pkt *p)
 			GINC(malformed);
 			return XV_DROP;
 		}
-		return forward(x, p->t.family, p->t.proto, nsrc, ndst, p->l3len, cnow);
+		int r = forward(x, p->t.family, p->t.proto, nsrc, ndst, p->l3len, cnow);
+		if (r < XV_FIB_MTU)
+			return r;
+		/* Not forwardable (longer than the egress MTU, no route, or on
+		 * XDP no neighbour entry: a later fragment carries no ports, so
+		 * the tc companion could not find its flow): dropped, counted,
+		 * never handed to the kernel half-translated. */
+		if (r == XV_FIB_MTU)
+			GINC(fib_frag_needed);
+		else
+			GINC(fib_dropped);
+		return XV_DROP;
 	}
 	if (!is_vip(p->t.family, p->t.dst)) {
 		GINC(passed);

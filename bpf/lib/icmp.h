@@ -134,8 +134,21 @@ static __always_inline int icmp_error_body(struct xctx *x, struct pkt *p, __u32 
 		goto bad;
 
 	GINC(icmp_nat);
-	return forward(x, p->t.family, v6 ? IPPROTO_ICMPV6_ : IPPROTO_ICMP_, osrc, odst, p->l3len,
-		       bpf_ktime_get_coarse_ns());
+	int r = forward(x, p->t.family, v6 ? IPPROTO_ICMPV6_ : IPPROTO_ICMP_, osrc, odst, p->l3len,
+			bpf_ktime_get_coarse_ns());
+	/* A translated error is not a flow's packet: no service drop, no
+	 * hand-over to tc (XDP without a neighbour passes it translated). */
+	if (r == XV_FIB_MTU) {
+		GINC(fib_frag_needed);
+		return XV_DROP;
+	}
+	if (r == XV_FIB_NOROUTE) {
+		GINC(fib_dropped);
+		return XV_DROP;
+	}
+	if (r == XV_FIB_NO_NEIGH)
+		return XV_PASS;
+	return r;
 #undef k
 pass:
 	GINC(passed);

@@ -42,7 +42,7 @@ func main() {
 	flag.StringVar(&cfg.out, "out", "docs/benchmarks.md", "markdown report to write")
 	flag.DurationVar(&cfg.sample, "sample", 3*time.Second, "duration of one throughput sample")
 	flag.IntVar(&cfg.rounds, "rounds", 3, "interleaved rounds per comparison")
-	flag.StringVar(&sections, "sections", "micro,ct10m,pps,newflow,tcp,http,health,bgp", "comma-separated sections to run: micro (ns/packet, apply time, memory), ct10m (10M-flow conntrack: memory, new-flow cost), pps, newflow (packets/s when every packet is a new flow), tcp, http, health (dead-backend detection, prober CPU), bgp (VIP announce/withdraw at a BIRD router)")
+	flag.StringVar(&sections, "sections", "micro,ct10m,pps,newflow,tcp,gro,http,health,bgp", "comma-separated sections to run: micro (ns/packet, apply time, memory), ct10m (10M-flow conntrack: memory, new-flow cost), pps, newflow (packets/s when every packet is a new flow), tcp, http, health (dead-backend detection, prober CPU), bgp (VIP announce/withdraw at a BIRD router)")
 	flag.IntVar(&cfg.services, "services", 10000, "services loaded for the micro benchmark")
 	flag.IntVar(&cfg.ctFlows, "ct-entries", 1000000, "conntrack entries pre-filled for the micro benchmark")
 	flag.IntVar(&cfg.healthKills, "health-kills", 20, "backend kills measured by the health section")
@@ -55,11 +55,11 @@ func main() {
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "micro", "ct10m", "pps", "newflow", "tcp", "http", "health", "bgp":
+		case "micro", "ct10m", "pps", "newflow", "tcp", "gro", "http", "health", "bgp":
 			cfg.sections[s] = true
 		case "":
 		default:
-			log.Fatalf("-sections: unknown %q (allowed micro, ct10m, pps, newflow, tcp, http, health, bgp)", s)
+			log.Fatalf("-sections: unknown %q (allowed micro, ct10m, pps, newflow, tcp, gro, http, health, bgp)", s)
 		}
 	}
 	for _, f := range []struct {
@@ -101,6 +101,7 @@ func main() {
 	run("pps", runPPS)
 	run("newflow", runNewflow)
 	run("tcp", runTCP)
+	run("gro", runGRO)
 	run("http", runHTTP)
 	run("health", runHealth)
 	run("bgp", runBGP)

@@ -212,6 +212,14 @@ packets/s comparison has its own topology (below).
   process CPU.
 - **TCP** — one iperf3 stream, client → backend, through the VIP in tcx mode vs plain routing to
   the backend address. TX checksum offload stays on (TSO).
+- **GRO** (test/bench/gro.go) — one iperf3 stream per direction (upload client → backend; download
+  with ` + "`-R`" + `) through a VIP on the e2e topology with one backend and GRO on at both LB ends, so the
+  tcx program sees merged packets far larger than the MTU (as behind a real NIC). Every NAT mode
+  (fullnat with an SNAT address not on the LB, and with the LB's own backend-facing address), tcx
+  and XDP, the VIP routed to the LB or plumbed on it (` + "`--plumb-vips`" + `, the same internal/vip
+  plumber), against plain routing to the backend's address on the same topology (each hook its
+  own: tcx keeps TX checksum offload and TSO on the senders, XDP turns it off). A stream that
+  fails or stalls counts as 0. Goal (issue 9): ≥ 0.8× plain routing.
 - **HTTP** — wrk (1 thread, 16 connections) against in-process Go HTTP servers in the backend
   namespaces: keep-alive, and one request per connection (` + "`Connection: close`" + `). On 2 shared
   vCPUs the client and servers dominate, so this mostly shows that xlb is not in the way.

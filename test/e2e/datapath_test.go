@@ -38,6 +38,14 @@ func newLBEnv(t *testing.T, hook dataplane.Hook, nBackends, clientAddrs int) *lb
 	t.Logf("topology %s, hook %s", topo.Prefix, hook)
 	topo.DumpOnFailure(t)
 	topo.ServeAll(t, httpPort, streamPort, udpPort)
+	return attachLB(t, topo, hook)
+}
+
+// attachLB loads the datapath from a thread inside the LB namespace of topo
+// (so interface names and ifindexes resolve there), attached to both LB
+// links, and closes it at cleanup.
+func attachLB(t *testing.T, topo *netns.Topology, hook dataplane.Hook) *lbEnv {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var dp *dataplane.Dataplane
