@@ -42,6 +42,7 @@ struct xctx {
 	__u32 ifindex; /* ingress ifindex */
 	bool xdp;      /* program type (a compile-time constant per instantiation) */
 	bool fast;     /* the fast path: direct packet access in tc too, inline forwarding */
+	bool vlan;     /* tc: a VLAN tag in skb metadata (skb->vlan_present): not parsed, passed */
 };
 
 /*
@@ -54,9 +55,9 @@ struct xctx {
  * part: anything beyond makes the fast path hand over to the slow path).
  */
 #define XCTX_XDP(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true }
-#define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false }
+#define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .vlan = (c)->vlan_present }
 #define XCTX_XDP_FAST(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true, .fast = true }
-#define XCTX_TC_FAST(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .fast = true }
+#define XCTX_TC_FAST(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .fast = true, .vlan = (c)->vlan_present }
 
 /* ---------- packet access ---------- */
 
