@@ -9,9 +9,8 @@ package dataplane
 // and must pass untouched, as a tagged frame does on XDP.
 //
 // BPF_PROG_TEST_RUN does not let a test set vlan_present in the __sk_buff
-// context (bpf_prog_test_run_skb accepts only mark, priority, ifindex, cb,
-// tstamp, wire_len, gso_segs, gso_size and hwtstamp; any other non-zero
-// field is EINVAL), so a small tc program pushes the tag into the skb's
+// context (bpf_prog_test_run_skb refuses a non-zero vlan_present with
+// EINVAL, checked on kernel 6.18), so a small tc program pushes the tag into the skb's
 // metadata with bpf_skb_vlan_push (which leaves the frame's bytes as they
 // are when no tag is present yet) and tail-calls xlb_tc.
 
