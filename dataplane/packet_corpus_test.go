@@ -218,11 +218,12 @@ func corpus(t *testing.T) []corpusCase {
 	} {
 		mal(c.name, c.fam, c.prot, clone(c.full[:c.n]), c.out)
 	}
-	// Inside IPv4 options (IHL 7: the L4 header is not reached).
-	rr := []byte{1, 1, 7, 7, 4, 0, 0, 0} // NOP, NOP, record route (len 7, ptr 4), EOL
+	// Inside IPv4 options (IHL 8: the L4 header is not reached).
+	// NOP, NOP, record route (len 7, ptr 4: one empty slot), EOL, padding.
+	rr := []byte{1, 1, 7, 7, 4, 0, 0, 0, 0, 0, 0, 0}
 	withRR := withIPv4Opts(tcp4, rr)
 	mal("v4 cut in IPv4 options", 0, protoTCP, clone(withRR[:34+5]), oPass)
-	mal("v4 cut after IPv4 options", 0, protoTCP, clone(withRR[:34+8]), oPass)
+	mal("v4 cut after IPv4 options", 0, protoTCP, clone(withRR[:34+12]), oPass)
 	// Inside IPv6 extension headers.
 	hbh := withV6Ext(tcp6, padExt(nhHopByHop, 1))
 	mal("v6 cut in hop-by-hop", 1, protoTCP, clone(hbh[:54+4]), oPass)

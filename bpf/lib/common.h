@@ -21,6 +21,8 @@
 #define XLB_V6_EXT_MAX 4         /* IPv6 extension headers skipped */
 #define XLB_LC_MAX_SCAN 65536    /* least-connection scan bound (bpf_loop) */
 #define XLB_MAX_HDR_OFF 1024     /* direct-access offsets beyond this are not parsed */
+#define XLB_IP4_OPT_MAX 40       /* IPv4 option bytes (IHL 15) */
+#define XLB_IP4_OPT_BUF 64       /* their buffer: a power of 2, indexes are masked */
 
 #define XLB_DEFAULT_TCP_TIMEOUT 240
 #define XLB_DEFAULT_UDP_TIMEOUT 60
@@ -92,6 +94,9 @@ struct scratch {
 	} h4;
 	struct ct_entry pe; /* peer entry rebuilt by ct_touch; reply entry from rev_nat */
 	struct be_key bk;   /* rev_nat key */
+	/* Parser: IPv4 options, checked in the slow path. */
+	__u8 ip4_opts[XLB_IP4_OPT_BUF];
+	__u32 ip4_opt_pos;
 };
 
 struct {

@@ -49,6 +49,7 @@ struct xctx {
 	bool xdp;      /* program type (a compile-time constant per instantiation) */
 	bool fast;     /* the fast path: direct packet access in tc too, inline forwarding */
 	__u32 gso_size; /* tc: skb->gso_size (payload per segment of a GRO/GSO skb, 0 if none); XDP: 0 */
+	bool vlan;     /* tc: a VLAN tag in skb metadata (skb->vlan_present): not parsed, passed */
 };
 
 /*
@@ -63,9 +64,9 @@ struct xctx {
  * after XDP), a tc skb may be, and its MTU check is then per segment.
  */
 #define XCTX_XDP(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true }
-#define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .gso_size = (c)->gso_size }
+#define XCTX_TC(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .gso_size = (c)->gso_size, .vlan = (c)->vlan_present }
 #define XCTX_XDP_FAST(c) { .ctx = (c), .len = (__u32)((c)->data_end - (c)->data), .ifindex = (c)->ingress_ifindex, .xdp = true, .fast = true }
-#define XCTX_TC_FAST(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .fast = true, .gso_size = (c)->gso_size }
+#define XCTX_TC_FAST(c) { .ctx = (c), .len = (c)->len, .ifindex = (c)->ingress_ifindex ? (c)->ingress_ifindex : (c)->ifindex, .xdp = false, .fast = true, .gso_size = (c)->gso_size, .vlan = (c)->vlan_present }
 
 /* ---------- packet access ---------- */
 

@@ -31,7 +31,12 @@
 static __always_inline int icmp_error_body(struct xctx *x, struct pkt *p, __u32 icmp_off)
 {
 	bool v6 = p->t.family == XLB_AF_INET6;
+	/* The datagram ends at the IP length (the parser checked it is within
+	 * the frame): bytes past it are an Ethernet trailer, never a quote. */
+	__u32 end = ETH_HLEN_ + p->l3len;
 	struct icmp_hdr ic;
+	if (icmp_off + sizeof(ic) > end)
+		goto malformed;
 	if (ld(x, icmp_off, &ic, sizeof(ic)))
 		goto pass;
 	if (v6) {
@@ -50,6 +55,8 @@ static __always_inline int icmp_error_body(struct xctx *x, struct pkt *p, __u32 
 	__u16 in_csum = 0;
 	if (v6) {
 		struct ip6_hdr *in = &sc->in6;
+		if (in_off + sizeof(*in) + 8 > end)
+			goto malformed; /* a quote is at least the IP header + 8 bytes */
 		if (ld(x, in_off, in, sizeof(*in)))
 			goto pass;
 		k.proto = in->nexthdr;
@@ -58,11 +65,13 @@ static __always_inline int icmp_error_body(struct xctx *x, struct pkt *p, __u32 
 		in_l4 = in_off + sizeof(struct ip6_hdr);
 	} else {
 		struct ip4_hdr *in = &sc->in4;
+		if (in_off + sizeof(*in) + 8 > end)
+			goto malformed;
 		if (ld(x, in_off, in, sizeof(*in)))
 			goto pass;
 		__u32 ihl = in->vihl & 0xf;
-		if ((in->vihl >> 4) != 4 || ihl < 5)
-			goto pass;
+		if ((in->vihl >> 4) != 4 || ihl < 5 || in_off + ihl * 4 + 8 > end)
+			goto malformed; /* quoted IHL invalid, or past the quote */
 		k.proto = in->proto;
 		k.src[0] = in->daddr;
 		k.dst[0] = in->saddr;
@@ -152,6 +161,11 @@ static __always_inline int icmp_error_body(struct xctx *x, struct pkt *p, __u32 
 #undef k
 pass:
 	GINC(passed);
+	return XV_PASS;
+malformed:
+	/* Malformed ICMP message: never translated, passed unchanged (the
+	 * kernel judges it), counted. */
+	GINC(malformed);
 	return XV_PASS;
 bad:
 	GINC(malformed);
