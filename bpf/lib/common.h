@@ -28,8 +28,8 @@
 #define XLB_DEFAULT_UDP_TIMEOUT 60
 #define XLB_DEFAULT_CLOSING_TIMEOUT 10
 #define XLB_DEFAULT_AFFINITY_TIMEOUT 10800
-#define XLB_DEFAULT_SNAT_MIN 32768
-#define XLB_DEFAULT_SNAT_MAX 60999
+#define XLB_DEFAULT_SNAT_MIN 10000 /* = dataplane.DefaultSNATPortMin (outside ip_local_port_range) */
+#define XLB_DEFAULT_SNAT_MAX 29999 /* = dataplane.DefaultSNATPortMax */
 #define XLB_DEFAULT_SYN_TIMEOUT 5
 /* last_seen_ns is written about this often per busy flow (limits cache-line
  * writes): once it is XLB_TOUCH_NS - XLB_COARSE_SLACK_NS old (see ct_touch). */
