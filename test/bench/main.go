@@ -78,8 +78,8 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	// Hard bound on the whole run.
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	// Hard bound on the whole run (every section: ~15 min on 2 cores).
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 
 	rep := newReport()
