@@ -158,24 +158,40 @@ static __always_inline void be_key_of(const struct ct_key *t, struct be_key *bk)
 }
 
 /*
- * A packet without conntrack entry and not to a service: a reply from a
- * backend in rev_nat (a flow served without conntrack, or whose reply entry
- * was evicted) gets the VIP as its source, so no backend address leaks to the
- * client. Not for packets to this host itself (its own connections to a
- * backend, e.g. health probes): only when the destination is forwarded.
+ * A packet without conntrack entry and not to a service, from a backend in
+ * rev_nat (a flow served without conntrack, or whose reply entry was
+ * evicted):
+ *  - a default-mode backend's reply gets the VIP as its source, so no
+ *    backend address leaks to the client. Not for packets to this host
+ *    itself (its own connections to a backend, e.g. health probes): only
+ *    when the destination is forwarded.
+ *  - a fullnat/onearm-only backend's packet to an SNAT port is dropped
+ *    (snat_miss_dropped): the kernel, where nobody listens on those ports
+ *    (xlbd reserves them), would answer a TCP segment with a RST and kill
+ *    the flow on the backend's side before the forward direction's next
+ *    refresh rebuilds the reply entry (ct_touch). Any other port passes.
  */
 static __always_inline int rev_nat_reply(struct xctx *x, struct pkt *p)
 {
 	struct scratch *sc = container_of_pkt(p);
 	be_key_of(&p->t, &sc->bk);
-	struct svc_key *rv = bpf_map_lookup_elem(&rev_nat, &sc->bk);
-	if (!rv || dst_is_local(x, p->t.family, p->t.src, p->t.dst))
+	struct rev_nat_val *rv = bpf_map_lookup_elem(&rev_nat, &sc->bk);
+	if (!rv)
+		return not_ours();
+	if (rv->flags & XLB_REVNAT_F_SNAT) {
+		__u16 dport = bpf_ntohs(p->t.dport);
+		if (dport < rv->snat_port_min || dport > rv->snat_port_max)
+			return not_ours();
+		GINC(snat_miss_dropped);
+		return XV_DROP;
+	}
+	if (dst_is_local(x, p->t.family, p->t.src, p->t.dst))
 		return not_ours();
 	struct ct_entry *re = &sc->pe;
 	__builtin_memset(re, 0, sizeof(*re));
 	re->flags = XLB_CT_F_REPLY | XLB_CT_F_REWRITE_SRC;
-	addr_copy(re->nat_src, rv->vip);
-	re->nat_sport = rv->port;
+	addr_copy(re->nat_src, rv->svc.vip);
+	re->nat_sport = rv->svc.port;
 	struct global_counters *g = gstats();
 	if (g) {
 		g->rev_nat++;

@@ -189,6 +189,8 @@ struct global_counters {
 	__u64 fib_frag_needed; /* translated packets dropped: longer than the egress MTU */
 	__u64 fib_dropped;     /* translated packets dropped: no route and a source the kernel rejects */
 	__u64 xdp_to_tc;       /* XDP: no neighbour entry, original packet handed to the tc companion */
+	__u64 snat_miss_dropped; /* TCP/UDP from a fullnat/onearm-only backend to an SNAT port,
+				  * without conntrack (reply entry evicted): dropped, not RST by the kernel */
 };
 
 /* config: ARRAY[1], written by Go at start and on change. */
@@ -208,14 +210,27 @@ struct xlb_cfg {
 				     * conntrack and services (else they pass at once) */
 
 /* rev_nat: key = a backend (address, port, protocol, family) that belongs
- * to exactly one service, a default-mode one; value = that service's key
- * (VIP, port). A reply from the backend that misses conntrack (a stateless
- * flow, or an evicted reply entry) is still source-rewritten to the VIP. */
+ * either to exactly one service, a default-mode one (value: that service's
+ * key, flags 0), or only to fullnat/onearm services (value: flags
+ * XLB_REVNAT_F_SNAT and the hull of their SNAT port ranges). A packet from
+ * the backend that misses conntrack (a stateless flow, or an evicted reply
+ * entry) and is no service is, respectively, source-rewritten to the VIP, or
+ * dropped when its destination port is an SNAT port (the kernel would answer
+ * it with a RST: nobody listens on those ports). */
 struct be_key {
 	__be32 addr[4];
 	__be16 port;
 	__u8 proto;
 	__u8 family;
+};
+
+#define XLB_REVNAT_F_SNAT (1u << 0) /* fullnat/onearm-only backend: drop SNAT-port misses */
+
+struct rev_nat_val {
+	struct svc_key svc;    /* flags 0: the source replies get (VIP, port) */
+	__u16 snat_port_min;   /* XLB_REVNAT_F_SNAT: host order, inclusive */
+	__u16 snat_port_max;
+	__u32 flags;           /* XLB_REVNAT_F_* */
 };
 
 #endif /* XLB_H */

@@ -134,12 +134,12 @@ struct {
 	__type(value, struct xlb_cfg);
 } xlb_config SEC(".maps");
 
-/* Replies without conntrack: backend -> service (struct be_key above). */
+/* Replies without conntrack: backend -> service or SNAT ports (struct be_key above). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XLB_MAX_BACKENDS);
 	__type(key, struct be_key);
-	__type(value, struct svc_key);
+	__type(value, struct rev_nat_val);
 } rev_nat SEC(".maps");
 
 #endif /* XLB_MAPS_H */

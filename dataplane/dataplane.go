@@ -130,7 +130,7 @@ type Dataplane struct {
 	health   map[beRef]uint8 // SetBackendState overrides (beStateDown, beStateDraining)
 	links    map[string]*attachment
 	ifAddrs  map[uint32]xlbIfAddr
-	revNat   map[xlbBeKey]xlbSvcKey // what rev_nat holds
+	revNat   map[xlbBeKey]xlbRevNatVal // what rev_nat holds
 
 	reapMu         sync.Mutex
 	lastActiveCalc time.Time
@@ -256,7 +256,7 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 		health:    map[beRef]uint8{},
 		links:     map[string]*attachment{},
 		ifAddrs:   map[uint32]xlbIfAddr{},
-		revNat:    map[xlbBeKey]xlbSvcKey{},
+		revNat:    map[xlbBeKey]xlbRevNatVal{},
 	}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		return nil, fmt.Errorf("load datapath into the kernel: %w", err)

@@ -18,7 +18,20 @@ import (
 func (h *harness) revNat(be, vip netip.AddrPort, proto uint8) {
 	h.t.Helper()
 	k := xlbBeKey{Addr: addrWords(be.Addr()), Port: be16(be.Port()), Proto: proto, Family: family(be.Addr())}
-	v := xlbSvcKey{Vip: addrWords(vip.Addr()), Port: be16(vip.Port()), Proto: proto, Family: family(vip.Addr())}
+	v := xlbRevNatVal{Svc: xlbSvcKey{Vip: addrWords(vip.Addr()), Port: be16(vip.Port()), Proto: proto, Family: family(vip.Addr())}}
+	h.putRevNat(k, v)
+}
+
+// revNatSNAT programs rev_nat: be belongs only to fullnat/onearm services
+// whose SNAT ports are min-max.
+func (h *harness) revNatSNAT(be netip.AddrPort, proto uint8, min, max uint16) {
+	h.t.Helper()
+	k := xlbBeKey{Addr: addrWords(be.Addr()), Port: be16(be.Port()), Proto: proto, Family: family(be.Addr())}
+	h.putRevNat(k, xlbRevNatVal{SnatPortMin: min, SnatPortMax: max, Flags: revNatFlagSNAT})
+}
+
+func (h *harness) putRevNat(k xlbBeKey, v xlbRevNatVal) {
+	h.t.Helper()
 	if err := h.objs.RevNat.Put(k, v); err != nil {
 		h.t.Fatal(err)
 	}
@@ -198,6 +211,78 @@ func TestPacketConntrackReplyMissRevNat(t *testing.T) {
 						t.Fatalf("unknown backend: verdict %d, want pass", ret)
 					}
 					sameBytes(t, "unknown backend", out[:len(in2)], in2)
+				})
+			}
+		}
+	}
+}
+
+// TestPacketConntrackReplyMissSNAT: fullnat, the reply entry is evicted and
+// the forward direction is idle (no refresh yet): the backend's reply to the
+// SNAT address is dropped (snat_miss_dropped), not passed to the kernel,
+// which would answer it with a RST (nobody listens on an SNAT port) and kill
+// the flow on the backend. The same backend to a port outside the SNAT
+// range passes untouched; a default-mode backend's reply is still
+// translated through rev_nat.
+func TestPacketConntrackReplyMissSNAT(t *testing.T) {
+	needRoot(t)
+	for _, f := range families {
+		for _, pr := range protos {
+			for pi := range 2 {
+				h := newHarness(t)
+				p := h.progs()[pi]
+				t.Run(fmt.Sprintf("%s/%s/%s", p.name, f.name, pr.name), func(t *testing.T) {
+					h.addService(svcSpec{vip: f.vip, proto: pr.proto, mode: natFullNAT, algo: algoRR,
+						backends: []beSpec{{addr: f.be1}}, snat: f.snat, snatMin: 20000, snatMax: 20099})
+					h.revNatSNAT(f.be1, pr.proto, 20000, 20099)
+					dvip := netip.AddrPortFrom(f.vip.Addr(), f.vip.Port()+1)
+					h.addService(svcSpec{vip: dvip, proto: pr.proto, mode: natDefault, algo: algoRR, backends: []beSpec{{addr: f.be2}}})
+					h.revNat(f.be2, dvip, pr.proto)
+
+					_, out := run(t, p, build(t, pktSpec{src: f.client, dst: f.vip, proto: pr.proto, flags: pr.flags}), 0)
+					ns := natSource(t, out, family(f.vip.Addr()))
+					if ns.Port() < 20000 || ns.Port() > 20099 {
+						t.Fatalf("SNAT port %d outside 20000-20099", ns.Port())
+					}
+					h.ctDel(ctKey(f.be1, ns, pr.proto))
+					g0 := h.global()
+					in := build(t, pktSpec{src: f.be1, dst: ns, proto: pr.proto, flags: "A", payload: []byte("reply")})
+					ret, out := run(t, p, in, 0)
+					if ret != p.drop {
+						t.Fatalf("reply without conntrack to the SNAT port: verdict %d, want drop %d", ret, p.drop)
+					}
+					sameBytes(t, "dropped reply", out[:len(in)], in)
+					g1 := h.global()
+					if g1.SnatMissDropped-g0.SnatMissDropped != 1 || g1.RevNat != g0.RevNat || g1.Passed != g0.Passed {
+						t.Errorf("snat_miss_dropped +%d rev_nat +%d passed +%d, want +1 +0 +0",
+							g1.SnatMissDropped-g0.SnatMissDropped, g1.RevNat-g0.RevNat, g1.Passed-g0.Passed)
+					}
+
+					// Outside the SNAT range (the host's own connection to the
+					// backend): passed untouched.
+					for _, port := range []uint16{19999, 20100, 40000} {
+						in2 := build(t, pktSpec{src: f.be1, dst: netip.AddrPortFrom(ns.Addr(), port), proto: pr.proto, flags: "A"})
+						ret, out = run(t, p, in2, 0)
+						if ret != p.pass {
+							t.Fatalf("port %d outside the SNAT range: verdict %d, want pass", port, ret)
+						}
+						sameBytes(t, "outside the SNAT range", out[:len(in2)], in2)
+					}
+					if g := h.global(); g.SnatMissDropped != g1.SnatMissDropped || g.Passed-g1.Passed != 3 {
+						t.Errorf("outside the range: snat_miss_dropped %d passed +%d, want %d +3", g.SnatMissDropped, g.Passed-g1.Passed, g1.SnatMissDropped)
+					}
+
+					// A default-mode backend's reply without conntrack: translated.
+					in3 := build(t, pktSpec{src: f.be2, dst: f.client, proto: pr.proto, flags: "A", payload: []byte("reply")})
+					want3 := build(t, pktSpec{src: dvip, dst: f.client, proto: pr.proto, flags: "A", payload: []byte("reply")})
+					ret, out = run(t, p, in3, 0)
+					if ret != p.fwd {
+						t.Fatalf("default-mode reply: verdict %d, want %d", ret, p.fwd)
+					}
+					sameBytes(t, "default-mode reply without conntrack", out[:len(want3)], want3)
+					if g := h.global(); g.RevNatMap-g1.RevNatMap != 1 {
+						t.Errorf("rev_nat_map +%d, want +1", g.RevNatMap-g1.RevNatMap)
+					}
 				})
 			}
 		}

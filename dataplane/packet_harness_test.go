@@ -407,6 +407,7 @@ func (h *harness) global() xlbGlobalCounters {
 		g.FibFragNeeded += c.FibFragNeeded
 		g.FibDropped += c.FibDropped
 		g.XdpToTc += c.XdpToTc
+		g.SnatMissDropped += c.SnatMissDropped
 	}
 	return g
 }

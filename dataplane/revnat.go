@@ -25,24 +25,53 @@ func DefaultNewFlowBudget(conntrackFlows int, synTimeout time.Duration, cpus int
 	return max(1, conntrackFlows/2/secs/cpus)
 }
 
+// revNatFlagSNAT is XLB_REVNAT_F_SNAT: the backend belongs only to
+// fullnat/onearm services; packets from it that miss conntrack and go to an
+// SNAT port are dropped (the kernel would answer them with a RST).
+const revNatFlagSNAT = 1 << 0
+
 // revNatWant is what rev_nat must hold: every backend (address, port,
 // protocol) that belongs to exactly one service, a default-mode one, mapped
-// to that service's key. A backend shared by two services, or used by a
-// fullnat/onearm service, is left out: a reply without conntrack could not
-// be attributed (and fullnat replies go to the SNAT address, which needs
-// the flow's state).
-func (d *Dataplane) revNatWant() map[xlbBeKey]xlbSvcKey {
-	want := map[xlbBeKey]xlbSvcKey{}
-	shared := map[xlbBeKey]bool{}
+// to that service's key; and every backend that belongs only to
+// fullnat/onearm services, flagged revNatFlagSNAT with the smallest range
+// holding all their SNAT port ranges. A backend shared by a default-mode
+// service and another service is left out: a reply without conntrack could
+// not be attributed.
+func (d *Dataplane) revNatWant() map[xlbBeKey]xlbRevNatVal {
+	type use struct {
+		defaults, snats int
+		val             xlbRevNatVal
+	}
+	uses := map[xlbBeKey]*use{}
 	for _, st := range d.svcs {
 		for _, be := range st.backends {
 			k := xlbBeKey{Addr: be.val.Addr, Port: be.val.Port, Proto: st.key.Proto, Family: be.val.Family}
-			if _, dup := want[k]; dup || shared[k] || st.info.NatMode != natCodeDefault {
-				shared[k] = true
-				delete(want, k)
+			u := uses[k]
+			if u == nil {
+				u = &use{}
+				uses[k] = u
+			}
+			if st.info.NatMode == natCodeDefault {
+				u.defaults++
+				u.val.Svc = st.key
 				continue
 			}
-			want[k] = st.key
+			if u.snats == 0 || st.info.SnatPortMin < u.val.SnatPortMin {
+				u.val.SnatPortMin = st.info.SnatPortMin
+			}
+			if u.snats == 0 || st.info.SnatPortMax > u.val.SnatPortMax {
+				u.val.SnatPortMax = st.info.SnatPortMax
+			}
+			u.snats++
+		}
+	}
+	want := map[xlbBeKey]xlbRevNatVal{}
+	for k, u := range uses {
+		switch {
+		case u.defaults == 1 && u.snats == 0:
+			want[k] = xlbRevNatVal{Svc: u.val.Svc}
+		case u.defaults == 0 && u.snats > 0:
+			want[k] = xlbRevNatVal{SnatPortMin: u.val.SnatPortMin, SnatPortMax: u.val.SnatPortMax, Flags: revNatFlagSNAT}
 		}
 	}
 	return want
@@ -84,7 +113,7 @@ func (d *Dataplane) syncRevNat(w *mapWriter) error {
 // first Apply writes only differences.
 func (d *Dataplane) loadRevNat() error {
 	var k xlbBeKey
-	var v xlbSvcKey
+	var v xlbRevNatVal
 	it := d.objs.RevNat.Iterate()
 	for it.Next(&k, &v) {
 		d.revNat[k] = v

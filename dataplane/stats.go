@@ -94,6 +94,7 @@ func (d *Dataplane) GlobalStats(ctx context.Context) (GlobalStats, error) {
 		g.FIBFragNeeded += c.FibFragNeeded
 		g.FIBDropped += c.FibDropped
 		g.XDPToTC += c.XdpToTc
+		g.SNATMissDropped += c.SnatMissDropped
 	}
 	return g, ctx.Err()
 }

@@ -206,6 +206,11 @@ type GlobalStats struct {
 	// as unroutable with a local source, and XDP packets handed over to
 	// the tc companion because no neighbour entry existed.
 	FIBFragNeeded, FIBDropped, XDPToTC uint64
+	// SNATMissDropped counts TCP/UDP packets from a backend of only
+	// fullnat/onearm services to an SNAT port that missed conntrack (reply
+	// entry evicted): dropped rather than passed to the kernel, which would
+	// answer with a RST (docs/datapath.md, Floods).
+	SNATMissDropped uint64
 }
 
 // ConntrackUsage is the fill level of the conntrack map. Each flow uses two

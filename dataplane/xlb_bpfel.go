@@ -88,23 +88,24 @@ type xlbCtKey struct {
 }
 
 type xlbGlobalCounters struct {
-	_             structs.HostLayout
-	Rx            uint64
-	Passed        uint64
-	Malformed     uint64
-	Fragments     uint64
-	FwdNat        uint64
-	RevNat        uint64
-	IcmpNat       uint64
-	CtCreated     uint64
-	FragNat       uint64
-	FragDropped   uint64
-	Stateless     uint64
-	CtRebuilt     uint64
-	RevNatMap     uint64
-	FibFragNeeded uint64
-	FibDropped    uint64
-	XdpToTc       uint64
+	_               structs.HostLayout
+	Rx              uint64
+	Passed          uint64
+	Malformed       uint64
+	Fragments       uint64
+	FwdNat          uint64
+	RevNat          uint64
+	IcmpNat         uint64
+	CtCreated       uint64
+	FragNat         uint64
+	FragDropped     uint64
+	Stateless       uint64
+	CtRebuilt       uint64
+	RevNatMap       uint64
+	FibFragNeeded   uint64
+	FibDropped      uint64
+	XdpToTc         uint64
+	SnatMissDropped uint64
 }
 
 type xlbIfAddr struct {
@@ -112,6 +113,14 @@ type xlbIfAddr struct {
 	V4  uint32
 	V6  [4]uint32
 	Pad uint32
+}
+
+type xlbRevNatVal struct {
+	_           structs.HostLayout
+	Svc         xlbSvcKey
+	SnatPortMin uint16
+	SnatPortMax uint16
+	Flags       uint32
 }
 
 type xlbSvcCounters struct {
