@@ -325,8 +325,8 @@ static __always_inline int ct_stateless(struct scratch *sc, const struct svc_inf
 	bk->port = b->port;
 	bk->proto = p->t.proto;
 	bk->family = p->t.family;
-	struct svc_key *rv = bpf_map_lookup_elem(&rev_nat, bk);
-	if (!rv || !addr_eq(rv->vip, p->t.dst) || rv->port != p->t.dport)
+	struct rev_nat_val *rv = bpf_map_lookup_elem(&rev_nat, bk);
+	if (!rv || (rv->flags & XLB_REVNAT_F_SNAT) || !addr_eq(rv->svc.vip, p->t.dst) || rv->svc.port != p->t.dport)
 		return XLB_DROP_CT_BUDGET + 1;
 	struct ct_entry *fe = &sc->fe;
 	__builtin_memset(fe, 0, sizeof(*fe));
