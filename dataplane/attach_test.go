@@ -40,19 +40,7 @@ func inTestNetns(t *testing.T) (string, string) {
 	})
 	p := prefix(t)
 	a, b := p+"a", p+"b"
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{a, b} {
-		l, err := netlink.LinkByName(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	addVethPair(t, a, b)
 	return a, b
 }
 

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -215,13 +216,18 @@ func testFlood(t *testing.T, hook Hook) {
 	if g.ReplyNATMap == 0 {
 		t.Errorf("no reply of a stateless flow was translated through rev_nat")
 	}
+	// A Stats error or a missing f-tcp must fail the test, not skip the
+	// fullnat budget check.
 	ss, err := dp.Stats(ctx)
-	if err == nil {
-		for _, s := range ss {
-			if s.Name == "f-tcp" && s.Drops["ct_budget"] == 0 {
-				t.Errorf("fullnat flood: no ct_budget drop counted (%v)", s.Drops)
-			}
-		}
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	i := slices.IndexFunc(ss, func(s ServiceStats) bool { return s.Name == "f-tcp" })
+	if i < 0 {
+		t.Fatalf("no stats for service f-tcp in %+v", ss)
+	}
+	if ss[i].Drops["ct_budget"] == 0 {
+		t.Errorf("fullnat flood: no ct_budget drop counted (%v)", ss[i].Drops)
 	}
 }
 
