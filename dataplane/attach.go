@@ -76,11 +76,8 @@ func (d *Dataplane) Attach(ctx context.Context, ifname string) error {
 		if old.link == nil {
 			return fmt.Errorf("attach %s to %s: %w", hook, ifname, old.err)
 		}
-		if hook == HookXDP && old.tc == nil {
-			// Adopted from a version without the companion, or its
-			// attach failed before: try again.
-			d.attachCompanion(old)
-		}
+		// reconcileOne also retried a missing tc companion (adopted from
+		// a version without it, or its attach failed before).
 		return nil
 	}
 	a := &attachment{name: ifname, hook: hook}
