@@ -76,11 +76,8 @@ func (d *Dataplane) Attach(ctx context.Context, ifname string) error {
 		if old.link == nil {
 			return fmt.Errorf("attach %s to %s: %w", hook, ifname, old.err)
 		}
-		if hook == HookXDP && old.tc == nil {
-			// Adopted from a version without the companion, or its
-			// attach failed before: try again.
-			d.attachCompanion(old)
-		}
+		// reconcileOne also retried a missing tc companion (adopted from
+		// a version without it, or its attach failed before).
 		return nil
 	}
 	a := &attachment{name: ifname, hook: hook}
@@ -210,23 +207,14 @@ func (d *Dataplane) release(a *attachment) error {
 		errs = append(errs, d.releaseLink(a.tc, a.name, hookXDPTC))
 		a.tc = nil
 	}
-	if a.link == nil {
-		return errors.Join(errs...)
+	if a.link != nil {
+		errs = append(errs, d.releaseLink(a.link, a.name, a.hook))
+		a.link = nil
 	}
-	if err := a.link.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.ENOLINK) {
-		errs = append(errs, fmt.Errorf("detach %s from %s: %w", a.hook, a.name, err))
-	}
-	if d.cfg.PinPath != "" {
-		if err := a.link.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin link of %s: %w", a.name, err))
-		}
-	}
-	errs = append(errs, a.link.Close())
-	a.link = nil
 	return errors.Join(errs...)
 }
 
-// releaseLink detaches, unpins and closes a companion link.
+// releaseLink detaches, unpins and closes one link of hook on ifname.
 func (d *Dataplane) releaseLink(l link.Link, ifname string, hook Hook) error {
 	var errs []error
 	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) && !errors.Is(err, unix.ENOLINK) {

@@ -261,14 +261,8 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		return nil, fmt.Errorf("load datapath into the kernel: %w", err)
 	}
-	if err := d.writeConfig(); err != nil {
-		d.objs.Close()
-		return nil, err
-	}
-	if err := d.restore(ctx); err != nil {
-		d.objs.Close()
-		return nil, fmt.Errorf("rebuild state from pinned maps: %w", err)
-	}
+	// rev_nat first: writeConfig derives the rev_nat flag from it, and a
+	// pinned datapath that is serving must not see the flag cleared.
 	if err := d.loadRevNat(); err != nil {
 		d.objs.Close()
 		return nil, err
@@ -276,6 +270,10 @@ func New(ctx context.Context, cfg Config) (*Dataplane, error) {
 	if err := d.writeConfig(); err != nil {
 		d.objs.Close()
 		return nil, err
+	}
+	if err := d.restore(ctx); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("rebuild state from pinned maps: %w", err)
 	}
 	if err := d.adoptLinks(ctx); err != nil {
 		d.objs.Close()
