@@ -164,6 +164,10 @@ type Status struct {
 	// re-created (docs/datapath.md, "Floods").
 	ConntrackStateless uint64 `json:"conntrackStateless"`
 	ConntrackRebuilt   uint64 `json:"conntrackRebuilt"`
+	// ConntrackSNATMissDropped counts fullnat/onearm backend packets to an
+	// SNAT port that missed conntrack, dropped instead of letting the host
+	// answer them with a RST (docs/datapath.md, "Floods").
+	ConntrackSNATMissDropped uint64 `json:"conntrackSnatMissDropped"`
 	// SNATPortRange is xlbd's --snat-port-range ("MIN-MAX").
 	SNATPortRange string `json:"snatPortRange,omitempty"`
 	// EphemeralPortRange is the host's net.ipv4.ip_local_port_range as

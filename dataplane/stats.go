@@ -111,7 +111,7 @@ func (d *Dataplane) ConntrackUsage(ctx context.Context) (ConntrackUsage, error) 
 		return ConntrackUsage{}, err
 	}
 	return ConntrackUsage{Entries: n, Capacity: int(d.objs.Conntrack.MaxEntries()), Stateless: g.Stateless,
-		Rebuilt: g.ConntrackRebuilt}, nil
+		Rebuilt: g.ConntrackRebuilt, SNATMissDropped: g.SNATMissDropped}, nil
 }
 
 // flowStats returns forward entries per service id and the total entry

@@ -218,9 +218,10 @@ type GlobalStats struct {
 type ConntrackUsage struct {
 	Entries  int
 	Capacity int
-	// Stateless and Rebuilt mirror GlobalStats.Stateless and
-	// ConntrackRebuilt (flood handling, docs/datapath.md "Floods").
-	Stateless, Rebuilt uint64
+	// Stateless, Rebuilt and SNATMissDropped mirror GlobalStats.Stateless,
+	// ConntrackRebuilt and SNATMissDropped (flood handling,
+	// docs/datapath.md "Floods").
+	Stateless, Rebuilt, SNATMissDropped uint64
 }
 
 // ReapResult reports one conntrack reaper pass.

@@ -45,28 +45,29 @@ func (s *Server) metricsHandler() http.Handler {
 }
 
 var (
-	descSvcPackets  = prometheus.NewDesc("xlb_service_packets_total", "Packets forwarded to the service's backends (all VIPs).", []string{"service"}, nil)
-	descSvcBytes    = prometheus.NewDesc("xlb_service_bytes_total", "Bytes forwarded to the service's backends.", []string{"service"}, nil)
-	descSvcNewFlows = prometheus.NewDesc("xlb_service_new_flows_total", "New flows (conntrack entries created) of the service.", []string{"service"}, nil)
-	descSvcDrops    = prometheus.NewDesc("xlb_service_drops_total", "Packets to the service dropped, by reason.", []string{"service", "reason"}, nil)
-	descSvcFlows    = prometheus.NewDesc("xlb_service_flows", "Live conntrack flows of the service.", []string{"service"}, nil)
-	descSvcBackends = prometheus.NewDesc("xlb_service_backends", "Backends of the service by state (active, draining, down).", []string{"service", "state"}, nil)
-	descBePackets   = prometheus.NewDesc("xlb_backend_packets_total", "Packets forwarded to the backend.", []string{"service", "backend"}, nil)
-	descBeBytes     = prometheus.NewDesc("xlb_backend_bytes_total", "Bytes forwarded to the backend.", []string{"service", "backend"}, nil)
-	descBeNewFlows  = prometheus.NewDesc("xlb_backend_new_flows_total", "New flows assigned to the backend.", []string{"service", "backend"}, nil)
-	descBeActive    = prometheus.NewDesc("xlb_backend_active_connections", "Active connections of the backend.", []string{"service", "backend"}, nil)
-	descBeState     = prometheus.NewDesc("xlb_backend_state", "1 for the backend's current state.", []string{"service", "backend", "state"}, nil)
-	descCTEntries   = prometheus.NewDesc("xlb_conntrack_entries", "Entries in the conntrack map (two per flow).", nil, nil)
-	descCTCapacity  = prometheus.NewDesc("xlb_conntrack_capacity", "Capacity of the conntrack map in entries.", nil, nil)
-	descCTStateless = prometheus.NewDesc("xlb_conntrack_stateless_total", "New-flow packets served without conntrack because the per-CPU new-flow budget was spent.", nil, nil)
-	descCTRebuilt   = prometheus.NewDesc("xlb_conntrack_rebuilt_total", "Missing peer conntrack entries re-created from the remaining entry of their flow.", nil, nil)
-	descServices    = prometheus.NewDesc("xlb_services", "Services in the desired state.", nil, nil)
-	descGeneration  = prometheus.NewDesc("xlb_desired_generation", "Generation of the desired state.", nil, nil)
-	descReady       = prometheus.NewDesc("xlb_ready", "1 when the daemon is ready (state restored, datapath programmed, interfaces attached).", nil, nil)
-	descAttached    = prometheus.NewDesc("xlb_interface_attached", "1 when the datapath is attached to the interface (checked against the kernel at each scrape); 0 while the interface is missing or the attach failed.", []string{"interface", "mode"}, nil)
-	descL2Ready     = prometheus.NewDesc("xlb_l2_interface_ready", "1 when every VIP owned on the interface is answered (ARP/NDP) on its current ifindex; 0 while the interface is missing, down, or lacks the address the responder sends from.", []string{"interface"}, nil)
-	descL2Reopens   = prometheus.NewDesc("xlb_l2_reopens_total", "Times the ARP/NDP responder re-opened its sockets on the interface since xlbd started (re-created or back up), each followed by a gratuitous ARP / unsolicited NA.", []string{"interface"}, nil)
-	descReattaches  = prometheus.NewDesc("xlb_interface_reattaches_total", "Times the datapath was re-attached to the interface since xlbd started (deleted and re-created, renamed, or came back).", []string{"interface"}, nil)
+	descSvcPackets        = prometheus.NewDesc("xlb_service_packets_total", "Packets forwarded to the service's backends (all VIPs).", []string{"service"}, nil)
+	descSvcBytes          = prometheus.NewDesc("xlb_service_bytes_total", "Bytes forwarded to the service's backends.", []string{"service"}, nil)
+	descSvcNewFlows       = prometheus.NewDesc("xlb_service_new_flows_total", "New flows (conntrack entries created) of the service.", []string{"service"}, nil)
+	descSvcDrops          = prometheus.NewDesc("xlb_service_drops_total", "Packets to the service dropped, by reason.", []string{"service", "reason"}, nil)
+	descSvcFlows          = prometheus.NewDesc("xlb_service_flows", "Live conntrack flows of the service.", []string{"service"}, nil)
+	descSvcBackends       = prometheus.NewDesc("xlb_service_backends", "Backends of the service by state (active, draining, down).", []string{"service", "state"}, nil)
+	descBePackets         = prometheus.NewDesc("xlb_backend_packets_total", "Packets forwarded to the backend.", []string{"service", "backend"}, nil)
+	descBeBytes           = prometheus.NewDesc("xlb_backend_bytes_total", "Bytes forwarded to the backend.", []string{"service", "backend"}, nil)
+	descBeNewFlows        = prometheus.NewDesc("xlb_backend_new_flows_total", "New flows assigned to the backend.", []string{"service", "backend"}, nil)
+	descBeActive          = prometheus.NewDesc("xlb_backend_active_connections", "Active connections of the backend.", []string{"service", "backend"}, nil)
+	descBeState           = prometheus.NewDesc("xlb_backend_state", "1 for the backend's current state.", []string{"service", "backend", "state"}, nil)
+	descCTEntries         = prometheus.NewDesc("xlb_conntrack_entries", "Entries in the conntrack map (two per flow).", nil, nil)
+	descCTCapacity        = prometheus.NewDesc("xlb_conntrack_capacity", "Capacity of the conntrack map in entries.", nil, nil)
+	descCTStateless       = prometheus.NewDesc("xlb_conntrack_stateless_total", "New-flow packets served without conntrack because the per-CPU new-flow budget was spent.", nil, nil)
+	descCTRebuilt         = prometheus.NewDesc("xlb_conntrack_rebuilt_total", "Missing peer conntrack entries re-created from the remaining entry of their flow.", nil, nil)
+	descCTSNATMissDropped = prometheus.NewDesc("xlb_conntrack_snat_miss_dropped_total", "Packets from a fullnat/onearm backend to an SNAT port that missed conntrack, dropped (the host would answer them with a RST).", nil, nil)
+	descServices          = prometheus.NewDesc("xlb_services", "Services in the desired state.", nil, nil)
+	descGeneration        = prometheus.NewDesc("xlb_desired_generation", "Generation of the desired state.", nil, nil)
+	descReady             = prometheus.NewDesc("xlb_ready", "1 when the daemon is ready (state restored, datapath programmed, interfaces attached).", nil, nil)
+	descAttached          = prometheus.NewDesc("xlb_interface_attached", "1 when the datapath is attached to the interface (checked against the kernel at each scrape); 0 while the interface is missing or the attach failed.", []string{"interface", "mode"}, nil)
+	descL2Ready           = prometheus.NewDesc("xlb_l2_interface_ready", "1 when every VIP owned on the interface is answered (ARP/NDP) on its current ifindex; 0 while the interface is missing, down, or lacks the address the responder sends from.", []string{"interface"}, nil)
+	descL2Reopens         = prometheus.NewDesc("xlb_l2_reopens_total", "Times the ARP/NDP responder re-opened its sockets on the interface since xlbd started (re-created or back up), each followed by a gratuitous ARP / unsolicited NA.", []string{"interface"}, nil)
+	descReattaches        = prometheus.NewDesc("xlb_interface_reattaches_total", "Times the datapath was re-attached to the interface since xlbd started (deleted and re-created, renamed, or came back).", []string{"interface"}, nil)
 )
 
 // datapathCollector reads live counters from the Core on every scrape, so
@@ -75,7 +76,7 @@ type datapathCollector struct{ core Core }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSvcPackets, descSvcBytes, descSvcNewFlows, descSvcDrops, descSvcFlows, descSvcBackends,
-		descBePackets, descBeBytes, descBeNewFlows, descBeActive, descBeState, descCTEntries, descCTCapacity, descCTStateless, descCTRebuilt, descServices,
+		descBePackets, descBeBytes, descBeNewFlows, descBeActive, descBeState, descCTEntries, descCTCapacity, descCTStateless, descCTRebuilt, descCTSNATMissDropped, descServices,
 		descGeneration, descReady, descAttached, descReattaches, descL2Ready, descL2Reopens} {
 		ch <- d
 	}
@@ -95,6 +96,7 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descCTCapacity, float64(st.ConntrackCapacity))
 	counter(descCTStateless, st.ConntrackStateless)
 	counter(descCTRebuilt, st.ConntrackRebuilt)
+	counter(descCTSNATMissDropped, st.ConntrackSNATMissDropped)
 	gauge(descServices, float64(st.Services))
 	gauge(descGeneration, float64(st.Generation))
 	gauge(descReady, boolFloat(st.Ready))

@@ -670,6 +670,7 @@ func (m *Manager) Status(ctx context.Context) api.Status {
 	if u, err := m.cfg.Dataplane.ConntrackUsage(ctx); err == nil {
 		st.ConntrackEntries, st.ConntrackCapacity = u.Entries, u.Capacity
 		st.ConntrackStateless, st.ConntrackRebuilt = u.Stateless, u.Rebuilt
+		st.ConntrackSNATMissDropped = u.SNATMissDropped
 	} else {
 		m.log.Warn("reading conntrack usage failed", "error", err)
 	}
